@@ -1,0 +1,52 @@
+"""Dataset builders for training, validation and inference (the reference's `dataset.py`)."""
+from pathlib import Path
+
+from .loader import VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5, image_name_formatter
+from .videodataset import VideoDataset
+from .videodataset_multiclips import VideoDatasetMultiClips, collate_fn
+
+DATASETS = ('kinetics', 'activitynet', 'ucf101', 'hmdb51', 'mit')
+INFERENCE_SUBSETS = {'train': 'training', 'val': 'validation', 'test': 'testing'}
+
+
+def get_loader_and_formatter(input_type: str, file_type: str):
+    """The frame loader and the video path layout for `--input_type` and `--file_type`."""
+    if file_type == 'jpg':
+        if input_type != 'rgb':
+            raise ValueError('--input_type flow needs --file_type hdf5')
+        return VideoLoader(image_name_formatter), (
+            lambda root_path, label, video_id: root_path / label / video_id)
+    loader = VideoLoaderHDF5() if input_type == 'rgb' else VideoLoaderFlowHDF5()
+    return loader, (lambda root_path, label, video_id: root_path / label / f'{video_id}.hdf5')
+
+
+def _dataset(cls, video_path: Path, annotation_path: Path, subset: str, input_type: str,
+             file_type: str, spatial_transform, temporal_transform, **kwargs):
+    loader, video_path_formatter = get_loader_and_formatter(input_type, file_type)
+    return cls(video_path, annotation_path, subset, spatial_transform=spatial_transform,
+               temporal_transform=temporal_transform, video_loader=loader,
+               video_path_formatter=video_path_formatter, **kwargs)
+
+
+def get_training_data(video_path, annotation_path, dataset_name, input_type, file_type,
+                      spatial_transform=None, temporal_transform=None) -> VideoDataset:
+    """One random clip per training video and its label."""
+    return _dataset(VideoDataset, video_path, annotation_path, 'training', input_type,
+                    file_type, spatial_transform, temporal_transform)
+
+
+def get_validation_data(video_path, annotation_path, dataset_name, input_type, file_type,
+                        spatial_transform=None, temporal_transform=None):
+    """Several clips per validation video, each with the video's label; and their collate_fn."""
+    data = _dataset(VideoDatasetMultiClips, video_path, annotation_path, 'validation',
+                    input_type, file_type, spatial_transform, temporal_transform)
+    return data, collate_fn
+
+
+def get_inference_data(video_path, annotation_path, dataset_name, input_type, file_type,
+                       inference_subset, spatial_transform=None, temporal_transform=None):
+    """All sliding-window clips of each video of `inference_subset`, targeted (video_id, segment)."""
+    data = _dataset(VideoDatasetMultiClips, video_path, annotation_path,
+                    INFERENCE_SUBSETS[inference_subset], input_type, file_type,
+                    spatial_transform, temporal_transform, target_type=['video_id', 'segment'])
+    return data, collate_fn

@@ -1,0 +1,333 @@
+"""Fine-tune, validate and run inference with a 3D CNN: the toolkit's one entry point."""
+import os
+
+# Paddle's CPU math runs on one thread unless told otherwise; this must precede `import paddle`.
+os.environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0))))
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+warnings.filterwarnings('ignore', message='No ccache found')
+warnings.filterwarnings('ignore', message='When training, we now always track global mean')
+warnings.formatwarning = lambda message, *args, **kwargs: f'warning: {message}\n'
+
+with contextlib.redirect_stderr(io.StringIO()):  # Paddle prints a caution for any thread count > 1
+    import paddle  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import inference  # noqa: E402
+from datasets import get_inference_data, get_training_data, get_validation_data  # noqa: E402
+from model import (generate_model, get_fine_tuning_parameters,  # noqa: E402
+                   load_pretrained_model)
+from opts import parse_opts  # noqa: E402
+from spatial_transforms import (CenterCrop, ColorJitter, Compose, MultiScaleCornerCrop,  # noqa: E402
+                                Normalize, PickFirstChannels, RandomHorizontalFlip,
+                                RandomResizedCrop, Resize, ScaleValue, ToTensor, get_mean_std)
+from temporal_transforms import Compose as TemporalCompose  # noqa: E402
+from temporal_transforms import (SlidingWindow, TemporalCenterCrop, TemporalEvenCrop,  # noqa: E402
+                                 TemporalRandomCrop, TemporalSubsampling)
+from training import train_epoch  # noqa: E402
+from utils import Logger, UserError, WorkerSeeder, epoch_seed, run_cli, set_seed  # noqa: E402
+from validation import val_epoch  # noqa: E402
+
+# Strengths of --colorjitter (the reference passes zeros, which makes its flag a no-op).
+COLOR_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+
+
+def get_opt(argv=None):
+    """Parse and resolve the options, check their combinations, create the result folder."""
+    opt = parse_opts(argv)
+    for name in ('video_path', 'annotation_path', 'result_path'):
+        if getattr(opt, name) is None:
+            raise UserError(f'--{name} is required')
+    if opt.root_path is not None:
+        for name in ('video_path', 'annotation_path', 'result_path', 'resume_path',
+                     'pretrain_path'):
+            if getattr(opt, name) is not None:
+                setattr(opt, name, opt.root_path.expanduser() / getattr(opt, name))
+    if opt.pretrain_path is not None:
+        if opt.n_pretrain_classes == 0:
+            raise UserError('--pretrain_path needs --n_pretrain_classes (the number of classes '
+                            'the weights were trained on, e.g. 1039)')
+        opt.n_finetune_classes = opt.n_classes
+        opt.n_classes = opt.n_pretrain_classes
+    if opt.output_topk <= 0:
+        opt.output_topk = opt.n_classes
+    if opt.inference_batch_size == 0:
+        opt.inference_batch_size = opt.batch_size
+    if opt.lr_scheduler == 'plateau' and opt.no_val and not opt.no_train:
+        raise UserError('--lr_scheduler plateau steps on the validation loss: drop --no_val')
+    if opt.dampening != 0 and not opt.nesterov:
+        raise UserError("--dampening: Paddle's momentum SGD has no dampening; use 0")
+    if opt.input_type == 'flow' and opt.file_type == 'jpg':
+        raise UserError('--input_type flow needs --file_type hdf5')
+    if opt.distributed:
+        raise UserError('--distributed is not supported yet; train on one process')
+    if opt.tensorboard:
+        raise UserError('--tensorboard is not supported yet; read train.log and val.log')
+
+    opt.arch = f'{opt.model}-{opt.model_depth}'
+    opt.begin_epoch = 1
+    opt.mean, opt.std = get_mean_std(opt.value_scale, dataset=opt.mean_dataset)
+    opt.n_input_channels = 3
+    if opt.input_type == 'flow':
+        opt.n_input_channels = 2
+        opt.mean, opt.std = opt.mean[:2], opt.std[:2]
+
+    try:
+        opt.result_path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f'cannot create --result_path {opt.result_path}: {e}') from e
+    with (opt.result_path / 'opts.json').open('w') as f:
+        json.dump(vars(opt), f, default=str, indent=1)
+    return opt
+
+
+def get_normalize_method(mean, std, no_mean_norm: bool, no_std_norm: bool) -> Normalize:
+    return Normalize([0.0] * len(mean) if no_mean_norm else mean,
+                     [1.0] * len(std) if no_std_norm else std)
+
+
+def get_spatial_transform(opt, crop: list, augment: list = ()) -> Compose:
+    """crop + augmentation + ToTensor [+ first 2 channels for flow] + scale + normalize."""
+    transform = list(crop) + list(augment) + [ToTensor()]
+    if opt.input_type == 'flow':
+        transform.append(PickFirstChannels(n=2))
+    transform += [ScaleValue(opt.value_scale),
+                  get_normalize_method(opt.mean, opt.std, opt.no_mean_norm, opt.no_std_norm)]
+    return Compose(transform)
+
+
+def get_temporal_transform(opt, last) -> TemporalCompose:
+    transform = [TemporalSubsampling(opt.sample_t_stride)] if opt.sample_t_stride > 1 else []
+    return TemporalCompose(transform + [last])
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, opt, collate_fn=None):
+    """A `paddle.io.DataLoader` with `--n_threads` workers seeded per worker and epoch."""
+    seeder = WorkerSeeder(opt.manual_seed)
+    loader = paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                  num_workers=opt.n_threads, collate_fn=collate_fn,
+                                  worker_init_fn=seeder if opt.n_threads > 0 else None)
+    loader.seeder = seeder
+    return loader
+
+
+def get_train_utils(opt, parameters):
+    """Training loader, logs, SGD and the learning-rate scheduler."""
+    if opt.train_crop == 'random':
+        crop = [RandomResizedCrop(opt.sample_size, (opt.train_crop_min_scale, 1.0),
+                                  (opt.train_crop_min_ratio, 1.0 / opt.train_crop_min_ratio))]
+    elif opt.train_crop == 'corner':
+        scales = [2 ** (-i / 4) for i in range(5)]  # 1, 2^-1/4, ..., 2^-1
+        crop = [MultiScaleCornerCrop(opt.sample_size, scales)]
+    else:
+        crop = [Resize(opt.sample_size), CenterCrop(opt.sample_size)]
+    augment = [] if opt.no_hflip else [RandomHorizontalFlip()]
+    if opt.colorjitter:
+        augment.append(ColorJitter(**COLOR_JITTER))
+    spatial_transform = get_spatial_transform(opt, crop, augment)
+    t_crop = TemporalRandomCrop if opt.train_t_crop == 'random' else TemporalCenterCrop
+    temporal_transform = get_temporal_transform(opt, t_crop(opt.sample_duration))
+
+    train_data = get_training_data(opt.video_path, opt.annotation_path, opt.dataset,
+                                   opt.input_type, opt.file_type, spatial_transform,
+                                   temporal_transform)
+    train_loader = make_loader(train_data, opt.batch_size, True, opt)
+
+    resumed = opt.resume_path is not None
+    train_logger = Logger(opt.result_path / 'train.log', ['epoch', 'loss', 'acc', 'lr'],
+                          append=resumed, drop_from_epoch=opt.begin_epoch)
+    train_batch_logger = Logger(opt.result_path / 'train_batch.log',
+                                ['epoch', 'batch', 'iter', 'loss', 'acc', 'lr'],
+                                append=resumed, drop_from_epoch=opt.begin_epoch)
+
+    if opt.lr_scheduler == 'plateau':
+        scheduler = paddle.optimizer.lr.ReduceOnPlateau(opt.learning_rate, mode='min',
+                                                        patience=opt.plateau_patience)
+    else:
+        scheduler = paddle.optimizer.lr.MultiStepDecay(opt.learning_rate,
+                                                       opt.multistep_milestones)
+    optimizer = paddle.optimizer.Momentum(learning_rate=scheduler, momentum=opt.momentum,
+                                          parameters=parameters, use_nesterov=opt.nesterov,
+                                          weight_decay=opt.weight_decay)
+    return train_loader, train_logger, train_batch_logger, optimizer, scheduler
+
+
+def get_val_utils(opt):
+    """Validation loader (n_val_samples clips per video) and log."""
+    crop = [Resize(opt.sample_size), CenterCrop(opt.sample_size)]
+    spatial_transform = get_spatial_transform(opt, crop)
+    temporal_transform = get_temporal_transform(
+        opt, TemporalEvenCrop(opt.sample_duration, opt.n_val_samples))
+    val_data, collate_fn = get_validation_data(opt.video_path, opt.annotation_path, opt.dataset,
+                                               opt.input_type, opt.file_type, spatial_transform,
+                                               temporal_transform)
+    videos_per_batch = max(1, opt.batch_size // opt.n_val_samples)
+    val_loader = make_loader(val_data, videos_per_batch, False, opt, collate_fn)
+    val_logger = Logger(opt.result_path / 'val.log', ['epoch', 'loss', 'acc'],
+                        append=opt.resume_path is not None, drop_from_epoch=opt.begin_epoch)
+    return val_loader, val_logger
+
+
+def get_inference_utils(opt):
+    """Inference loader (sliding-window clips of every video) and the class names."""
+    crop = [Resize(opt.sample_size)]
+    if opt.inference_crop == 'center':
+        crop.append(CenterCrop(opt.sample_size))
+    spatial_transform = get_spatial_transform(opt, crop)
+    temporal_transform = get_temporal_transform(
+        opt, SlidingWindow(opt.sample_duration, opt.inference_stride))
+    data, collate_fn = get_inference_data(opt.video_path, opt.annotation_path, opt.dataset,
+                                          opt.input_type, opt.file_type, opt.inference_subset,
+                                          spatial_transform, temporal_transform)
+    # Uncropped frames of different videos may differ in size: one video per batch.
+    batch_size = 1 if opt.inference_crop == 'nocrop' else opt.inference_batch_size
+    return make_loader(data, batch_size, False, opt, collate_fn), data.class_names
+
+
+def structured_optimizer_state(model, state: dict, to_structured: bool) -> dict:
+    """Rename optimizer accumulators between Paddle's unique parameter names and the model's
+    structured names, so that a checkpoint loads into a model built in another process."""
+    pairs = [(p.name, name) for name, p in model.named_parameters()]
+    if not to_structured:
+        pairs = [(structured, unique) for unique, structured in pairs]
+    # longest first, so that no name is taken for the prefix of a longer one
+    prefixes = sorted(((source + '_', target + '_') for source, target in pairs),
+                      key=lambda pair: -len(pair[0]))
+    renamed = {}
+    for key, value in state.items():
+        prefix = next(((s, t) for s, t in prefixes if key.startswith(s)), None)
+        renamed[prefix[1] + key[len(prefix[0]):] if prefix else key] = value
+    return renamed
+
+
+def save_checkpoint(result_path: Path, epoch: int, arch: str, model, optimizer, scheduler):
+    """Write save_{epoch}.pdparams (weights) and save_{epoch}.pdopt (training state), atomically."""
+    files = {
+        result_path / f'save_{epoch}.pdparams': model.state_dict(),
+        result_path / f'save_{epoch}.pdopt': {
+            'epoch': epoch, 'arch': arch,
+            'optimizer': structured_optimizer_state(model, optimizer.state_dict(), True),
+            'scheduler': scheduler.state_dict()},
+    }
+    for path, obj in files.items():
+        paddle.save(obj, str(path.with_name(path.name + '.tmp')))
+    for path in files:
+        os.replace(path.with_name(path.name + '.tmp'), path)
+
+
+def find_checkpoint(resume_path: Path) -> Path:
+    """`save_N.pdparams`, `save_N` or a result folder (its newest complete checkpoint)."""
+    path = Path(resume_path)
+    if path.is_dir():
+        epochs = [int(m.group(1)) for f in path.glob('save_*.pdparams')
+                  if (m := re.fullmatch(r'save_(\d+)\.pdparams', f.name))
+                  and f.with_suffix('.pdopt').exists()]
+        if not epochs:
+            raise UserError(f'--resume_path {path}: no save_N.pdparams with its .pdopt there')
+        return path / f'save_{max(epochs)}.pdparams'
+    if path.suffix == '.pdopt':
+        path = path.with_suffix('.pdparams')
+    if path.suffix != '.pdparams':
+        path = path.with_name(path.name + '.pdparams')
+    if not path.is_file():
+        raise UserError(f'--resume_path: checkpoint not found: {path}')
+    return path
+
+
+def load_checkpoint(path: Path, arch: str):
+    """The weights and training state of a checkpoint made for `arch`."""
+    pdopt = path.with_suffix('.pdopt')
+    if not pdopt.is_file():
+        raise UserError(f'--resume_path: {pdopt} is missing (it holds the epoch and optimizer)')
+    state = paddle.load(str(pdopt))
+    if state.get('arch') != arch:
+        raise UserError(f'--resume_path {path} was saved by {state.get("arch")}, '
+                        f'but the model is {arch}')
+    return paddle.load(str(path)), state
+
+
+def get_device(no_cuda: bool) -> str:
+    """'gpu' when Paddle has CUDA and a GPU is visible (and --no_cuda is not given), else 'cpu'."""
+    if not no_cuda and paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        return 'gpu'
+    return 'cpu'
+
+
+def main_worker(opt):
+    set_seed(opt.manual_seed)
+    paddle.set_device(get_device(opt.no_cuda))
+
+    model = generate_model(opt)
+    if opt.pretrain_path:
+        model = load_pretrained_model(model, opt.pretrain_path, opt.model,
+                                      opt.n_finetune_classes)
+        parameters = get_fine_tuning_parameters(model, opt.ft_begin_module)
+    else:
+        parameters = model.parameters()
+    n_params = sum(int(p.numel()) for p in parameters)
+    print(f'model {opt.arch} on {paddle.device.get_device()}: {n_params:,} trainable parameters')
+
+    train_state = None
+    if opt.resume_path is not None:
+        checkpoint = find_checkpoint(opt.resume_path)
+        weights, train_state = load_checkpoint(checkpoint, opt.arch)
+        model.set_state_dict(weights)
+        opt.begin_epoch = train_state['epoch'] + 1
+        print(f'resuming from {checkpoint} at epoch {opt.begin_epoch}')
+
+    if not opt.no_train:
+        (train_loader, train_logger, train_batch_logger, optimizer,
+         scheduler) = get_train_utils(opt, parameters)
+        if train_state is not None:
+            optimizer.set_state_dict(
+                structured_optimizer_state(model, train_state['optimizer'], False))
+            scheduler.set_state_dict(train_state['scheduler'])
+            if opt.overwrite_milestones and opt.lr_scheduler == 'multistep':
+                scheduler.milestones = opt.multistep_milestones
+    if not opt.no_val:
+        val_loader, val_logger = get_val_utils(opt)
+
+    for epoch in range(opt.begin_epoch, opt.n_epochs + 1):
+        if opt.no_train and opt.no_val:
+            break
+        summary = [f'epoch {epoch}/{opt.n_epochs}']
+        if not opt.no_train:
+            set_seed(epoch_seed(opt.manual_seed, epoch))
+            train_loader.seeder.seed = epoch_seed(opt.manual_seed, epoch)
+            lr = optimizer.get_lr()
+            loss, acc, seconds = train_epoch(epoch, train_loader, model, optimizer, lr,
+                                             train_logger, train_batch_logger)
+            summary.append(f'train loss {loss:.4f} acc {acc:.3f} lr {lr:g} ({seconds:.0f} s)')
+            if epoch % opt.checkpoint == 0:
+                save_checkpoint(opt.result_path, epoch, opt.arch, model, optimizer, scheduler)
+        if not opt.no_val:
+            val_loss, val_acc, seconds = val_epoch(epoch, val_loader, model, val_logger)
+            summary.append(f'val loss {val_loss:.4f} acc {val_acc:.3f} ({seconds:.0f} s)')
+        if not opt.no_train:
+            if opt.lr_scheduler == 'plateau':
+                scheduler.step(val_loss)
+            else:
+                scheduler.step()
+        tqdm.write('  '.join(summary))
+
+    if opt.inference:
+        inference_loader, class_names = get_inference_utils(opt)
+        result_path = opt.result_path / f'{opt.inference_subset}.json'
+        results = inference.inference(inference_loader, model, result_path, class_names,
+                                      opt.inference_no_average, opt.output_topk)
+        print(f'inference: {len(results["results"])} {opt.inference_subset} videos -> {result_path}')
+
+
+def main(argv=None):
+    main_worker(get_opt(argv))
+
+
+if __name__ == '__main__':
+    run_cli(lambda: main(sys.argv[1:]))

@@ -1,0 +1,128 @@
+"""Build models from options, load pretrained weights, choose the parameters to fine-tune."""
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from models import resnet
+from models.resnet import linear
+from utils import UserError
+
+MODELS = {
+    'resnet': resnet,
+}
+
+
+def resolve_weights_path(path: Path) -> Path:
+    """`data/pretrain` means `data/pretrain.pdparams` (Paddle's habit); both spellings work."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    with_suffix = path.with_name(path.name + '.pdparams')
+    if with_suffix.is_file():
+        return with_suffix
+    raise UserError(f'weights file not found: {path} (nor {with_suffix})')
+
+
+def load_state_dict(path: Path) -> dict:
+    """Read a Paddle state dict (`.pdparams`, including Paddle 1.8 `save_dygraph` files) as arrays."""
+    path = resolve_weights_path(path)
+    if path.suffix in ('.pth', '.pt'):
+        raise UserError(f'{path} is a PyTorch checkpoint: convert it first with '
+                        f'python -m util_scripts.convert_pytorch_weights {path} '
+                        f'{path.with_suffix(".pdparams")}')
+    try:
+        state = paddle.load(str(path), return_numpy=True)
+    except Exception as e:  # paddle.load raises several types for foreign or damaged files
+        raise UserError(f'cannot read weights {path}: {e}') from e
+    if not isinstance(state, dict) or not state:
+        raise UserError(f'{path} holds no state dict')
+    return {key[len('module.'):] if key.startswith('module.') else key: value
+            for key, value in state.items()}
+
+
+def check_state_dict(model: nn.Layer, state: dict, path: Path) -> None:
+    """Raise a UserError listing missing keys, unexpected keys and shape mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f'{k}: file {list(np.shape(state[k]))} vs model {list(own[k].shape)}'
+              for k in own if k in state and list(np.shape(state[k])) != list(own[k].shape)]
+    problems = []
+    for title, items in (('missing', missing), ('unexpected', unexpected),
+                         ('shape mismatch', shapes)):
+        if items:
+            shown = ', '.join(items[:8]) + (f', ... ({len(items)} in all)' if len(items) > 8 else '')
+            problems.append(f'{title}: {shown}')
+    if problems:
+        raise UserError(f'weights {path} do not fit the model; ' + '; '.join(problems))
+
+
+def classifier_name(model_name: str) -> str:
+    return 'classifier' if model_name == 'densenet' else 'fc'
+
+
+def generate_model(opt) -> nn.Layer:
+    """The model `opt.model` of depth `opt.model_depth` with `opt.n_classes` outputs."""
+    kwargs = dict(model_depth=opt.model_depth, n_classes=opt.n_classes,
+                  n_input_channels=opt.n_input_channels, conv1_t_size=opt.conv1_t_size,
+                  conv1_t_stride=opt.conv1_t_stride, no_max_pool=opt.no_max_pool)
+    if opt.model != 'densenet':
+        kwargs['shortcut_type'] = opt.resnet_shortcut
+    if opt.model in ('resnet', 'resnet2p1d'):
+        kwargs['widen_factor'] = opt.resnet_widen_factor
+    if opt.model == 'wideresnet':
+        kwargs['k'] = opt.wide_resnet_k
+    if opt.model == 'resnext':
+        kwargs['cardinality'] = opt.resnext_cardinality
+    try:
+        return MODELS[opt.model].generate_model(**kwargs)
+    except ValueError as e:
+        raise UserError(f'--model {opt.model} --model_depth {opt.model_depth}: {e}') from e
+
+
+def load_pretrained_model(model: nn.Layer, pretrain_path: Path, model_name: str,
+                          n_finetune_classes: int) -> nn.Layer:
+    """Load weights made for the model as built, then give it a new classifier of n_finetune_classes."""
+    path = resolve_weights_path(pretrain_path)
+    state = load_state_dict(path)
+    head = classifier_name(model_name)
+    head_layer = getattr(model, head)
+    n_out = head_layer.weight.shape[1]
+    file_head = state.get(f'{head}.weight')
+    if file_head is not None and np.ndim(file_head) == 2 and file_head.shape[1] != n_out:
+        raise UserError(f'--n_pretrain_classes {n_out} does not fit {path}: its {head} has '
+                        f'{file_head.shape[1]} outputs')
+    check_state_dict(model, state, path)
+    model.set_state_dict(state)
+    setattr(model, head, linear(head_layer.weight.shape[0], n_finetune_classes))
+    return model
+
+
+def get_module_name(name: str) -> str:
+    """Top-level module of a parameter name (`layer1.0.conv1.weight` -> `layer1`)."""
+    parts = name.split('.')
+    i = 1 if parts[0] == 'module' else 0
+    if parts[i] == 'features':  # densenet keeps its blocks under `features`
+        i += 1
+    return parts[i]
+
+
+def get_fine_tuning_parameters(model: nn.Layer, ft_begin_module: str):
+    """The parameters of `ft_begin_module` and of every module after it; the others are frozen.
+
+    An empty `ft_begin_module` fine-tunes everything.
+    """
+    named = list(model.named_parameters())
+    if not ft_begin_module:
+        return [p for _, p in named]
+    names = [get_module_name(k) for k, _ in named]
+    if ft_begin_module not in names:
+        modules = ', '.join(dict.fromkeys(names))
+        raise UserError(f'--ft_begin_module {ft_begin_module!r} is not a module of the model '
+                        f'({modules})')
+    first = names.index(ft_begin_module)
+    for _, p in named[:first]:
+        p.stop_gradient = True
+    return [p for _, p in named[first:]]

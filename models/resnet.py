@@ -1,0 +1,175 @@
+"""3D ResNet (Hara et al.): input [N, C, T, H, W], parameter names as in the reference.
+
+Depths 10-34 use `BasicBlock`, 50-200 `Bottleneck`. Shortcut 'A' is a strided identity padded with
+zero channels; 'B' is a 1x1x1 convolution + BN (`downsample.0`, `downsample.1`).
+"""
+import math
+from functools import partial
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+
+def get_inplanes():
+    return [64, 128, 256, 512]
+
+
+def kaiming_normal_fan_out(out_channels: int, kernel_size) -> paddle.ParamAttr:
+    """He-normal init over fan-out, as `nn.init.kaiming_normal_(mode='fan_out')` in the reference."""
+    fan_out = out_channels * math.prod(kernel_size)
+    return paddle.ParamAttr(initializer=nn.initializer.KaimingNormal(fan_in=fan_out))
+
+
+def conv3d(in_planes: int, out_planes: int, kernel_size, stride=1, padding=0,
+           groups: int = 1) -> nn.Conv3D:
+    """Bias-free 3D convolution with the reference's initialisation."""
+    if isinstance(kernel_size, int):
+        kernel_size = (kernel_size,) * 3
+    return nn.Conv3D(in_planes, out_planes, kernel_size, stride=stride, padding=padding,
+                     groups=groups, weight_attr=kaiming_normal_fan_out(out_planes, kernel_size),
+                     bias_attr=False)
+
+
+def conv3x3x3(in_planes: int, out_planes: int, stride=1) -> nn.Conv3D:
+    return conv3d(in_planes, out_planes, 3, stride=stride, padding=1)
+
+
+def conv1x1x1(in_planes: int, out_planes: int, stride=1) -> nn.Conv3D:
+    return conv3d(in_planes, out_planes, 1, stride=stride)
+
+
+def batch_norm(num_features: int) -> nn.BatchNorm3D:
+    """BN with PyTorch's defaults (momentum 0.1 there is 0.9 here), weight 1, bias 0."""
+    return nn.BatchNorm3D(num_features, momentum=0.9, epsilon=1e-5,
+                          weight_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(1.0)),
+                          bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)))
+
+
+def linear(in_features: int, out_features: int) -> nn.Linear:
+    """Linear layer with PyTorch's default init, U(-1/sqrt(in), 1/sqrt(in)) for weight and bias."""
+    bound = 1.0 / math.sqrt(in_features)
+    init = nn.initializer.Uniform(-bound, bound)
+    return nn.Linear(in_features, out_features, weight_attr=paddle.ParamAttr(initializer=init),
+                     bias_attr=paddle.ParamAttr(initializer=init))
+
+
+class BasicBlock(nn.Layer):
+    """Two 3x3x3 convolutions with a residual connection."""
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv3x3x3(in_planes, planes, stride)
+        self.bn1 = batch_norm(planes)
+        self.relu = nn.ReLU()
+        self.conv2 = conv3x3x3(planes, planes)
+        self.bn2 = batch_norm(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + residual)
+
+
+class Bottleneck(nn.Layer):
+    """1x1x1 reduce, 3x3x3, 1x1x1 expand (x4), with a residual connection."""
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv1x1x1(in_planes, planes)
+        self.bn1 = batch_norm(planes)
+        self.conv2 = conv3x3x3(planes, planes, stride)
+        self.bn2 = batch_norm(planes)
+        self.conv3 = conv1x1x1(planes, planes * self.expansion)
+        self.bn3 = batch_norm(planes * self.expansion)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + residual)
+
+
+def downsample_basic_block(x, planes: int, stride: int):
+    """Shortcut 'A': strided identity, zero-padded to `planes` channels. [N, C, T, H, W]"""
+    out = F.avg_pool3d(x, kernel_size=1, stride=stride)
+    pad = paddle.zeros([out.shape[0], planes - out.shape[1]] + list(out.shape[2:]), dtype=out.dtype)
+    return paddle.concat([out, pad], axis=1)
+
+
+class ResNet(nn.Layer):
+    """The 3D ResNet trunk: conv1 - bn1 - relu - [maxpool] - layer1..4 - avgpool - fc."""
+
+    def __init__(self, block, layers, block_inplanes, n_input_channels: int = 3,
+                 conv1_t_size: int = 7, conv1_t_stride: int = 1, no_max_pool: bool = False,
+                 shortcut_type: str = 'B', widen_factor: float = 1.0, n_classes: int = 400):
+        super().__init__()
+        if shortcut_type not in ('A', 'B'):
+            raise ValueError(f"resnet shortcut must be 'A' or 'B', got {shortcut_type!r}")
+        block_inplanes = [int(x * widen_factor) for x in block_inplanes]
+        self.in_planes = block_inplanes[0]
+        self.no_max_pool = no_max_pool
+
+        self.conv1 = conv3d(n_input_channels, self.in_planes, (conv1_t_size, 7, 7),
+                            stride=(conv1_t_stride, 2, 2), padding=(conv1_t_size // 2, 3, 3))
+        self.bn1 = batch_norm(self.in_planes)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool3D(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, block_inplanes[0], layers[0], shortcut_type)
+        self.layer2 = self._make_layer(block, block_inplanes[1], layers[1], shortcut_type, stride=2)
+        self.layer3 = self._make_layer(block, block_inplanes[2], layers[2], shortcut_type, stride=2)
+        self.layer4 = self._make_layer(block, block_inplanes[3], layers[3], shortcut_type, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool3D((1, 1, 1))
+        self.fc = linear(block_inplanes[3] * block.expansion, n_classes)
+
+    def _make_layer(self, block, planes: int, blocks: int, shortcut_type: str, stride=1):
+        downsample = None
+        if stride != 1 or self.in_planes != planes * block.expansion:
+            if shortcut_type == 'A':
+                downsample = partial(downsample_basic_block, planes=planes * block.expansion,
+                                     stride=stride)
+            else:
+                downsample = nn.Sequential(
+                    conv1x1x1(self.in_planes, planes * block.expansion, stride),
+                    batch_norm(planes * block.expansion))
+        layers = [block(self.in_planes, planes, stride=stride, downsample=downsample)]
+        self.in_planes = planes * block.expansion
+        layers += [block(self.in_planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))  # [N, 64, T / t_stride, H / 2, W / 2]
+        if not self.no_max_pool:
+            x = self.maxpool(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.avgpool(x).flatten(1)  # [N, C]
+        return self.fc(x)
+
+
+# depth -> (block, blocks per stage)
+DEPTHS = {
+    10: (BasicBlock, [1, 1, 1, 1]),
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
+    200: (Bottleneck, [3, 24, 36, 3]),
+}
+
+
+def generate_model(model_depth: int, **kwargs) -> ResNet:
+    """Build a 3D ResNet of `model_depth` (one of `DEPTHS`)."""
+    if model_depth not in DEPTHS:
+        raise ValueError(f'resnet depth must be one of {sorted(DEPTHS)}, got {model_depth}')
+    block, layers = DEPTHS[model_depth]
+    return ResNet(block, layers, get_inplanes(), **kwargs)

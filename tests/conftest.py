@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny frame-folder data sets written on the fly."""
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0))))
+warnings.filterwarnings('ignore', message='No ccache found')
+
+
+def bar_video(direction: int, n_frames: int, size: int, rng: np.random.Generator) -> list:
+    """Frames of a bright horizontal bar on noise, moving up (-1) or down (+1) one row a frame.
+
+    One frame does not tell the directions apart; the order of frames does. A horizontal flip
+    keeps the direction, so the classes survive the default training augmentation.
+    """
+    start = int(rng.integers(0, size))
+    height = size // 4
+    frames = []
+    for t in range(n_frames):
+        img = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+        top = (start + direction * 2 * t) % size
+        rows = [(top + k) % size for k in range(height)]
+        img[rows] = 230
+        frames.append(Image.fromarray(img))
+    return frames
+
+
+def write_frames(folder: Path, frames) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(frames, start=1):
+        img.save(folder / f'image_{i:05d}.jpg', quality=90)
+
+
+def make_motion_dataset(root: Path, n_train: int = 8, n_val: int = 4, n_frames: int = 16,
+                        size: int = 32, seed: int = 0) -> tuple:
+    """Two classes (`up`, `down`) of jpg frame folders and their annotation json."""
+    rng = np.random.default_rng(seed)
+    video_path = root / 'jpg'
+    database = {}
+    for label, direction in (('up', -1), ('down', 1)):
+        for subset, count in (('training', n_train), ('validation', n_val)):
+            for i in range(count):
+                video_id = f'v_{label}_{subset[0]}{i:02d}'
+                write_frames(video_path / label / video_id,
+                             bar_video(direction, n_frames, size, rng))
+                database[video_id] = {'subset': subset, 'annotations': {
+                    'label': label, 'segment': [1, n_frames + 1]}}
+    annotation_path = root / 'motion.json'
+    annotation_path.write_text(json.dumps({'labels': ['up', 'down'], 'database': database}))
+    return video_path, annotation_path
+
+
+@pytest.fixture(scope='session')
+def motion_data(tmp_path_factory):
+    """(video_path, annotation_path) of the two-class motion set, made once per test session."""
+    return make_motion_dataset(tmp_path_factory.mktemp('motion'))

@@ -1,0 +1,140 @@
+"""VideoDataset / VideoDatasetMultiClips on tiny folder trees."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets import get_inference_data, get_training_data, get_validation_data
+from datasets.videodataset_multiclips import collate_fn
+from spatial_transforms import Compose, ToTensor
+from temporal_transforms import SlidingWindow, TemporalBeginCrop, TemporalEvenCrop
+from utils import UserError
+
+
+def write_video(folder, n_frames, size=(6, 4)):
+    """Frames whose pixel value is the frame number, so loaded clips can be read back."""
+    folder.mkdir(parents=True)
+    for i in range(1, n_frames + 1):
+        Image.new('RGB', size, (i * 10,) * 3).save(folder / f'image_{i:05d}.jpg', quality=100)
+
+
+def frame_numbers(clip):
+    """[C, T, H, W] clip of constant frames -> the frame number of each time step."""
+    return [int(round(v * 255 / 10)) for v in clip[0, :, 0, 0]]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / 'jpg'
+    write_video(root / 'a' / 'long', 10)
+    write_video(root / 'b' / 'short', 3)
+    (root / 'b' / 'empty').mkdir()
+    database = {
+        'long': {'subset': 'training', 'annotations': {'label': 'a', 'segment': [1, 11]}},
+        'short': {'subset': 'training', 'annotations': {'label': 'b', 'segment': [1, 4]}},
+        'gone': {'subset': 'training', 'annotations': {'label': 'a', 'segment': [1, 9]}},
+        'empty': {'subset': 'training', 'annotations': {'label': 'b', 'segment': [1, 1]}},
+        'val1': {'subset': 'validation', 'annotations': {'label': 'b', 'segment': [1, 11]},
+                 'video_path': str(root / 'a' / 'long')},
+    }
+    annotation = tmp_path / 'ann.json'
+    annotation.write_text(json.dumps({'labels': ['a', 'b'], 'database': database}))
+    return root, annotation
+
+
+def training_data(root, annotation, size=4):
+    return get_training_data(root, annotation, 'ucf101', 'rgb', 'jpg', Compose([ToTensor()]),
+                             TemporalBeginCrop(size))
+
+
+def test_missing_and_empty_videos_are_skipped_with_one_warning(tree):
+    with pytest.warns(UserWarning) as record:
+        data = training_data(*tree)
+    assert [s['video_id'] for s in data.data] == ['long', 'short']
+    messages = [str(w.message) for w in record]
+    assert any('1 of 4 training videos have no frame folder' in m for m in messages)
+    assert any('1 training videos have no frames' in m for m in messages)
+
+
+def test_clip_layout_labels_and_frames(tree):
+    data = training_data(*tree)
+    clip, label = data[0]
+    assert clip.shape == (3, 4, 4, 6) and clip.dtype == np.float32  # [C, T, H, W]
+    assert label == 0
+    assert frame_numbers(clip) == [1, 2, 3, 4]
+
+
+def test_short_video_is_padded_by_looping(tree):
+    clip, label = training_data(*tree)[1]
+    assert label == 1
+    assert frame_numbers(clip) == [1, 2, 3, 1]
+
+
+def test_missing_frames_inside_a_clip_are_looped_and_warned(tree):
+    root, annotation = tree
+    (root / 'a' / 'long' / 'image_00002.jpg').unlink()
+    data = training_data(root, annotation)
+    with pytest.warns(UserWarning, match='long: 1 of 4 frames missing'):
+        clip, _ = data[0]
+    assert frame_numbers(clip) == [1, 3, 4, 1]
+
+
+def test_video_path_override_and_multiclip_collate(tree):
+    root, annotation = tree
+    data, collate = get_validation_data(root, annotation, 'ucf101', 'rgb', 'jpg',
+                                        Compose([ToTensor()]), TemporalEvenCrop(4, 3))
+    clips, targets = data[0]
+    assert [frame_numbers(c) for c in clips] == [[1, 2, 3, 4], [4, 5, 6, 7], [7, 8, 9, 10]]
+    assert targets == [1, 1, 1]
+    batch, labels = collate([data[0], data[0]])
+    assert batch.shape == (6, 3, 4, 4, 6)
+    assert labels.dtype == np.int64 and labels.tolist() == [1] * 6
+
+
+def test_inference_targets_carry_video_id_and_segment(tree):
+    root, annotation = tree
+    data, _ = get_inference_data(root, annotation, 'ucf101', 'rgb', 'jpg', 'val',
+                                 Compose([ToTensor()]), SlidingWindow(4, 4))
+    clips, targets = data[0]
+    assert len(clips) == 3
+    assert targets == [['val1', [1, 5]], ['val1', [5, 9]], ['val1', [9, 11]]]
+    batch, collated = collate_fn([(clips, targets)])
+    assert batch.shape[0] == 3 and collated == targets
+
+
+def test_annotation_without_label_is_an_error_naming_the_video(tree):
+    root, annotation = tree
+    data = json.loads(annotation.read_text())
+    del data['database']['long']['annotations']['label']
+    annotation.write_text(json.dumps(data))
+    with pytest.raises(UserError, match='video long of subset .training. has no label'):
+        training_data(root, annotation)
+
+
+def test_unknown_label_is_an_error(tree):
+    root, annotation = tree
+    data = json.loads(annotation.read_text())
+    data['database']['long']['annotations']['label'] = 'zebra'
+    annotation.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="label 'zebra'"):
+        training_data(root, annotation)
+
+
+def test_empty_subset_and_missing_annotation_are_errors(tree, tmp_path):
+    root, annotation = tree
+    with pytest.raises(UserError, match='no usable testing videos'):
+        get_inference_data(root, annotation, 'ucf101', 'rgb', 'jpg', 'test')
+    with pytest.raises(UserError, match='annotation file not found'):
+        training_data(root, tmp_path / 'nope.json')
+    bad = tmp_path / 'bad.json'
+    bad.write_text('{')
+    with pytest.raises(UserError, match='not valid json'):
+        training_data(root, bad)
+
+
+def test_corrupt_frame_names_the_file(tree):
+    root, annotation = tree
+    (root / 'a' / 'long' / 'image_00001.jpg').write_bytes(b'not a jpeg')
+    with pytest.raises(UserError, match='image_00001.jpg'):
+        training_data(root, annotation)[0]

@@ -1,0 +1,98 @@
+"""Small helpers shared by the loops and scripts: logs, meters, seeds, errors."""
+import csv
+import random
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a path, an option, a file): shown as one line, no traceback."""
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a command-line entry point; a `UserError` ends it with one `error:` line and exit status 1."""
+    try:
+        main()
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)
+
+
+class AverageMeter:
+    """Running sum, count and average of a scalar."""
+
+    def __init__(self):
+        self.val = 0.0
+        self.sum = 0.0
+        self.count = 0
+        self.avg = 0.0
+
+    def update(self, val: float, n: int = 1) -> None:
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        self.avg = self.sum / self.count
+
+
+class Logger:
+    """Tab-separated log with a header row, flushed after every row (the reference's format).
+
+    `append=True` keeps the rows of an earlier run (used when resuming), dropping those of
+    epochs >= `drop_from_epoch` so that a resumed epoch is logged exactly once.
+    """
+
+    def __init__(self, path: Path, header: Iterable[str], append: bool = False,
+                 drop_from_epoch: int = None):
+        self.header = list(header)
+        rows = []
+        if append and path.exists():
+            with path.open(newline='') as f:
+                rows = [r for r in csv.DictReader(f, delimiter='\t')
+                        if drop_from_epoch is None or int(r['epoch']) < drop_from_epoch]
+        self.log_file = path.open('w', newline='')
+        self.writer = csv.writer(self.log_file, delimiter='\t')
+        self.writer.writerow(self.header)
+        for row in rows:
+            self.writer.writerow([row[col] for col in self.header])
+        self.log_file.flush()
+
+    def log(self, values: Mapping[str, object]) -> None:
+        self.writer.writerow([values[col] for col in self.header])
+        self.log_file.flush()
+
+    def close(self) -> None:
+        self.log_file.close()
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's, NumPy's and Paddle's generators."""
+    import paddle
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    paddle.seed(seed)
+
+
+def epoch_seed(manual_seed: int, epoch: int) -> int:
+    """The seed of one epoch: a resumed run draws the same crops and order as an uninterrupted one."""
+    return manual_seed + 1000003 * epoch
+
+
+class WorkerSeeder:
+    """`worker_init_fn` for `paddle.io.DataLoader`: distinct Python/NumPy seeds per worker and epoch.
+
+    Workers are forked when an epoch's iteration starts, so they see the `seed` set just before.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def __call__(self, worker_id: int) -> None:
+        seed = self.seed + 7919 * (worker_id + 1)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
