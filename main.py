@@ -268,9 +268,8 @@ def main_worker(opt):
     if opt.pretrain_path:
         model = load_pretrained_model(model, opt.pretrain_path, opt.model,
                                       opt.n_finetune_classes)
-        parameters = get_fine_tuning_parameters(model, opt.ft_begin_module)
-    else:
-        parameters = model.parameters()
+    # as in the reference, --ft_begin_module applies to pretrained weights only
+    parameters = get_fine_tuning_parameters(model, opt.ft_begin_module if opt.pretrain_path else '')
     n_params = sum(int(p.numel()) for p in parameters)
     print(f'model {opt.arch} on {paddle.device.get_device()}: {n_params:,} trainable parameters')
 

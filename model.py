@@ -112,9 +112,10 @@ def get_module_name(name: str) -> str:
 def get_fine_tuning_parameters(model: nn.Layer, ft_begin_module: str):
     """The parameters of `ft_begin_module` and of every module after it; the others are frozen.
 
-    An empty `ft_begin_module` fine-tunes everything.
+    An empty `ft_begin_module` fine-tunes everything. (Paddle lists BN statistics among the
+    parameters, with stop_gradient set; they are never returned.)
     """
-    named = list(model.named_parameters())
+    named = [(k, p) for k, p in model.named_parameters() if not p.stop_gradient]
     if not ft_begin_module:
         return [p for _, p in named]
     names = [get_module_name(k) for k, _ in named]

@@ -15,6 +15,12 @@ os.environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0))))
 warnings.filterwarnings('ignore', message='No ccache found')
 
 
+def pytest_configure(config):
+    config.addinivalue_line('filterwarnings', 'ignore:No ccache found')
+    config.addinivalue_line('filterwarnings',
+                            'ignore:When training, we now always track global mean')
+
+
 def bar_video(direction: int, n_frames: int, size: int, rng: np.random.Generator) -> list:
     """Frames of a bright horizontal bar on noise, moving up (-1) or down (+1) one row a frame.
 
@@ -39,7 +45,7 @@ def write_frames(folder: Path, frames) -> None:
         img.save(folder / f'image_{i:05d}.jpg', quality=90)
 
 
-def make_motion_dataset(root: Path, n_train: int = 8, n_val: int = 4, n_frames: int = 16,
+def make_motion_dataset(root: Path, n_train: int = 16, n_val: int = 8, n_frames: int = 16,
                         size: int = 32, seed: int = 0) -> tuple:
     """Two classes (`up`, `down`) of jpg frame folders and their annotation json."""
     rng = np.random.default_rng(seed)
