@@ -1,0 +1,150 @@
+"""Turn every video of a dataset into a folder of jpg frames with ffmpeg.
+
+    python -m util_scripts.generate_video_jpgs SRC DST ucf101 [--n_jobs N] [--fps F] [--size 240]
+
+Layout: `SRC/<class>/<video>.avi` -> `DST/<class>/<video>/image_00001.jpg, ...` (ucf101, hmdb51;
+kinetics and mit read `.mp4`, and Kinetics' unlabelled `SRC/test/` is just one more folder);
+activitynet reads a flat `SRC/<video>.mp4` -> `DST/<video>/`. Frames have their shorter side
+scaled to `--size` (aspect kept, the other side rounded to an even number).
+
+Frames are written to a hidden `.<video>.part` folder that is renamed when ffmpeg has finished,
+so a killed run never leaves a folder that looks complete. A folder that already holds as many
+frames as the video is skipped; one with fewer (e.g. from an interrupted reference run) is redone.
+Unreadable videos are listed at the end and make the exit status 1; the others are converted.
+"""
+import argparse
+import os
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from tqdm import tqdm
+
+from utils import UserError, run_cli
+from .utils import (VideoError, count_decoded_frames, get_n_frames, last_error_line, probe_video,
+                    require_dir, run_ffmpeg)
+
+VIDEO_EXTENSIONS = {'ucf101': '.avi', 'hmdb51': '.avi', 'kinetics': '.mp4', 'mit': '.mp4',
+                    'activitynet': '.mp4'}
+
+
+def list_videos(src: Path, dst: Path, dataset: str) -> List[Tuple[Path, Path]]:
+    """(video file, frame folder) pairs: one folder level of classes, none for activitynet."""
+    ext = VIDEO_EXTENSIONS[dataset]
+    folders = [src] if dataset == 'activitynet' else sorted(
+        p for p in src.iterdir() if p.is_dir() and not p.name.startswith('.'))
+    pairs = []
+    for folder in folders:
+        dst_folder = dst if folder == src else dst / folder.name
+        pairs += [(video, dst_folder / video.stem) for video in sorted(folder.iterdir())
+                  if video.suffix.lower() == ext and video.is_file()
+                  and not video.name.startswith('.')]
+    return pairs
+
+
+def scale_filter(size: int) -> str:
+    """Shorter side -> `size`; -2 keeps the aspect with an even length (what most codecs want)."""
+    return f"scale='if(gt(iw,ih),-2,{size})':'if(gt(iw,ih),{size},-2)'"
+
+
+def is_complete(video_path: Path, frame_dir: Path, fps: Optional[float]) -> bool:
+    """Whether `frame_dir` already holds every frame of the video.
+
+    The header's duration x fps settles most cases cheaply; when it says frames are missing,
+    the video is decoded to count exactly (headers often overestimate by a frame or two).
+    """
+    n_frames = get_n_frames(frame_dir)
+    if n_frames == 0:
+        return False
+    header = probe_video(video_path)
+    rate = fps or header['fps']
+    if header['duration'] and rate and n_frames >= int(header['duration'] * rate):
+        return True
+    return n_frames >= count_decoded_frames(video_path, fps)
+
+
+def video_process(video_path: Path, frame_dir: Path, fps: Optional[float], size: int) -> str:
+    """Extract the frames of one video; returns 'done' or 'skipped', raises VideoError."""
+    if frame_dir.is_dir() and is_complete(video_path, frame_dir, fps):
+        return 'skipped'
+    part_dir = frame_dir.with_name(f'.{frame_dir.name}.part')
+    shutil.rmtree(part_dir, ignore_errors=True)
+    part_dir.mkdir(parents=True)
+    vf = scale_filter(size) + (f',fps={fps}' if fps else '')
+    result = run_ffmpeg(['-v', 'error', '-threads', '1', '-i', video_path, '-map', '0:v:0',
+                         '-vf', vf, '-threads', '1', part_dir / 'image_%05d.jpg'])
+    if result.returncode != 0 or get_n_frames(part_dir) == 0:
+        shutil.rmtree(part_dir, ignore_errors=True)
+        raise VideoError(last_error_line(result.stderr, video_path) if result.returncode
+                         else 'no video frames decoded')
+    if frame_dir.exists():
+        shutil.rmtree(frame_dir)
+    part_dir.rename(frame_dir)
+    return 'done'
+
+
+def convert_all(pairs: List[Tuple[Path, Path]], fps: Optional[float], size: int,
+                n_jobs: int) -> Tuple[dict, List[str]]:
+    """Convert videos on `n_jobs` threads (each runs one ffmpeg); returns counts and failures."""
+    counts = {'done': 0, 'skipped': 0, 'failed': 0}
+    failures = []
+    executor = ThreadPoolExecutor(max_workers=n_jobs)
+    try:
+        futures = {executor.submit(video_process, video, frame_dir, fps, size): video
+                   for video, frame_dir in pairs}
+        for future in tqdm(as_completed(futures), total=len(futures), unit='video'):
+            try:
+                counts[future.result()] += 1
+            except VideoError as e:
+                counts['failed'] += 1
+                failures.append(f'{futures[future]}: {e}')
+    finally:
+        # On Ctrl-C, drop the queued videos instead of waiting for all of them.
+        executor.shutdown(wait=True, cancel_futures=True)
+    return counts, sorted(failures)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog='python -m util_scripts.generate_video_jpgs',
+                                     description='Extract jpg frames of videos with ffmpeg.')
+    parser.add_argument('dir_path', type=Path, help='directory of the videos')
+    parser.add_argument('dst_path', type=Path, help='directory of the frame folders (created)')
+    parser.add_argument('dataset', choices=sorted(VIDEO_EXTENSIONS),
+                        help='decides the extension (.avi or .mp4) and the folder layout')
+    parser.add_argument('--n_jobs', type=int, default=-1,
+                        help='parallel ffmpeg processes; -1 (default): one per CPU core')
+    parser.add_argument('--fps', type=float, default=-1,
+                        help='frame rate of the frames; -1 (default): the original rate')
+    parser.add_argument('--size', type=int, default=240, help='length of the shorter side')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.size < 1:
+        raise UserError(f'--size must be positive, got {args.size}')
+    if args.n_jobs == 0 or args.n_jobs < -1:
+        raise UserError(f'--n_jobs must be -1 or positive, got {args.n_jobs}')
+    n_jobs = (os.cpu_count() or 1) if args.n_jobs == -1 else args.n_jobs
+    fps = args.fps if args.fps > 0 else None
+    pairs = list_videos(require_dir(args.dir_path, 'video directory'), args.dst_path, args.dataset)
+    if not pairs:
+        layout = '<video>' if args.dataset == 'activitynet' else '<class>/<video>'
+        raise UserError(f'no videos found in {args.dir_path} '
+                        f'({args.dataset} expects {layout}{VIDEO_EXTENSIONS[args.dataset]})')
+    args.dst_path.mkdir(parents=True, exist_ok=True)
+
+    counts, failures = convert_all(pairs, fps, args.size, n_jobs)
+    for failure in failures:
+        print(f'failed: {failure}', file=sys.stderr)
+    print(f'{len(pairs)} videos: {counts["done"]} done, {counts["skipped"]} skipped '
+          f'(already complete), {counts["failed"]} failed; frames in {args.dst_path}')
+    if failures:
+        raise UserError(f'{len(failures)} of {len(pairs)} videos could not be read by ffmpeg '
+                        '(listed above)')
+
+
+if __name__ == '__main__':
+    run_cli(main)

@@ -1,0 +1,170 @@
+"""Helpers shared by the data-preparation scripts: ffmpeg, frame folders, annotation files."""
+import functools
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from utils import UserError
+
+# The label folder of videos without a class (Kinetics' and MiT's test sets), as in the reference.
+TEST_LABEL = 'test'
+
+
+class VideoError(Exception):
+    """ffmpeg could not read a video; the message says why (ffmpeg's last error line)."""
+
+
+@functools.lru_cache(maxsize=1)
+def find_ffmpeg() -> str:
+    """The ffmpeg on PATH, else the binary bundled with the `imageio-ffmpeg` package."""
+    path = shutil.which('ffmpeg')
+    if path:
+        return path
+    try:
+        import imageio_ffmpeg
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as e:
+        raise UserError('ffmpeg not found: install it (e.g. apt-get install ffmpeg) '
+                        'or `pip install imageio-ffmpeg`') from e
+
+
+def run_ffmpeg(args: List[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run ffmpeg non-interactively with `args`, capturing its output."""
+    command = [find_ffmpeg(), '-hide_banner', '-nostdin'] + [str(a) for a in args]
+    return subprocess.run(command, capture_output=True, **kwargs)
+
+
+def last_error_line(stderr: bytes, video_path: Path) -> str:
+    """ffmpeg's last message about a video, without the path it starts with."""
+    lines = [line.strip() for line in stderr.decode('utf-8', 'replace').splitlines()
+             if line.strip()]
+    if not lines:
+        return 'ffmpeg failed without a message'
+    return lines[-1].removeprefix(f'{video_path}: ')
+
+
+def probe_video(video_path: Path) -> Dict[str, Optional[float]]:
+    """Duration (s) and frame rate of a video's first video stream, read from its header.
+
+    Either may be None when the header does not say. Raises VideoError when ffmpeg cannot open
+    the file or it has no video stream. (`ffmpeg -i` alone, so ffprobe is not needed.)
+    """
+    result = run_ffmpeg(['-i', video_path])
+    text = result.stderr.decode('utf-8', 'replace')
+    stream = re.search(r'Stream #.*?: Video: (.*)', text)
+    if stream is None:
+        raise VideoError(last_error_line(result.stderr, video_path))
+    duration = re.search(r'Duration: (\d+):(\d+):(\d+(?:\.\d+)?)', text)
+    # "25 fps" is the stream's average rate; "tbr" is ffmpeg's guess when that is missing.
+    rate = (re.search(r'([\d.]+)(k?) fps', stream.group(1))
+            or re.search(r'([\d.]+)(k?) tbr', stream.group(1)))
+    return {
+        'duration': (int(duration[1]) * 3600 + int(duration[2]) * 60 + float(duration[3])
+                     if duration else None),
+        'fps': float(rate[1]) * (1000 if rate[2] else 1) if rate else None,
+    }
+
+
+def count_decoded_frames(video_path: Path, fps: Optional[float] = None) -> int:
+    """The exact number of frames ffmpeg decodes from a video (resampled to `fps` if given)."""
+    args = ['-v', 'error', '-i', video_path, '-map', '0:v:0']
+    if fps:
+        args += ['-vf', f'fps={fps}']
+    result = run_ffmpeg(args + ['-f', 'null', '-progress', 'pipe:1', '-nostats', '-'])
+    counts = re.findall(rb'^frame=(\d+)', result.stdout, flags=re.MULTILINE)
+    if result.returncode != 0 or not counts:
+        raise VideoError(last_error_line(result.stderr, video_path))
+    return int(counts[-1])
+
+
+def get_n_frames(video_dir: Path) -> int:
+    """Number of `image_*.jpg` files in a frame folder (0 if there is no such folder).
+
+    A count, as the reference does, not the largest index: the loader reads
+    `image_00001.jpg ... image_{n}.jpg`, which a folder written by ffmpeg has without gaps.
+    """
+    if not video_dir.is_dir():
+        return 0
+    return sum(1 for _ in video_dir.glob('image_*.jpg'))
+
+
+def get_n_frames_hdf5(video_path: Path) -> int:
+    """Number of frames in an hdf5 video (its dataset `video`, the reference's hdf5 layout)."""
+    try:
+        import h5py
+    except ImportError as e:
+        raise UserError('reading hdf5 videos needs h5py: pip install h5py') from e
+    with h5py.File(video_path, 'r') as f:
+        return len(f['video'])
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise UserError(f'{what} not found: {path}')
+    return path
+
+
+def read_lines(path: Path) -> List[str]:
+    """The non-blank lines of a text file, stripped (the UCF-101 lists have CRLF endings)."""
+    try:
+        text = path.read_text(encoding='utf-8-sig')
+    except FileNotFoundError as e:
+        raise UserError(f'file not found: {path}') from e
+    except UnicodeDecodeError as e:
+        raise UserError(f'{path} is not a text file: {e}') from e
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def check_dst_dir(dst_dir: Path, pattern: str) -> Path:
+    """Create the destination folder of per-split json files; a `*.json` name is a likely slip."""
+    if dst_dir.suffix == '.json':
+        raise UserError(f'{dst_dir}: the destination is a directory; {pattern} are written into it')
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    return dst_dir
+
+
+def new_entry(subset: str, label: Optional[str]) -> dict:
+    """A database entry; videos without a class (test sets) get empty annotations."""
+    return {'subset': subset, 'annotations': {} if label is None else {'label': label}}
+
+
+def add_segments(database: Dict[str, dict], video_dir: Path, video_type: str = 'jpg') -> int:
+    """Give every video its frame range from `video_dir/<label or "test">/<video_id>`.
+
+    jpg: `[1, n_frames + 1]` (1-based, end exclusive); hdf5: `[0, n_frames]`. A video with no
+    folder keeps `[1, 1]` (`[0, 0]` for hdf5), which the datasets skip, as the reference does.
+    Returns the number of such videos.
+    """
+    n_missing = 0
+    for video_id, entry in database.items():
+        folder = video_dir / entry['annotations'].get('label', TEST_LABEL)
+        if video_type == 'hdf5':
+            path = folder / f'{video_id}.hdf5'
+            n_frames = get_n_frames_hdf5(path) if path.is_file() else 0
+            entry['annotations']['segment'] = [0, n_frames]
+        else:
+            path = folder / video_id
+            n_frames = get_n_frames(path)
+            entry['annotations']['segment'] = [1, n_frames + 1]
+        n_missing += not path.exists()
+    return n_missing
+
+
+def write_annotation(dst_path: Path, labels: List[str], database: Dict[str, dict],
+                     n_missing: int) -> None:
+    """Write an annotation json (SPEC.md section 2) and say what is in it, in one line."""
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    with dst_path.open('w') as f:
+        json.dump({'labels': labels, 'database': database}, f)
+    subsets = {}
+    for entry in database.values():
+        subsets[entry['subset']] = subsets.get(entry['subset'], 0) + 1
+    counts = ', '.join(f'{n} {subset}' for subset, n in subsets.items())
+    print(f'wrote {dst_path}: {len(labels)} classes, {counts} videos')
+    if n_missing:
+        print(f'warning: {n_missing} of {len(database)} videos have no frame folder in the video '
+              'directory; they keep an empty segment and the datasets skip them', file=sys.stderr)
