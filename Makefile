@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   venv + synthetic UCF-101-style videos -> frames -> json -> train/val/infer -> top-1
+#   make test   venv + the whole test suite
+# GPU: add PADDLE=paddlepaddle-gpu (see README.md).
+
+PYTHON ?= python3
+PADDLE ?= paddlepaddle
+VENV ?= .venv
+DEMO ?= demo
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(PADDLE)
+
+.PHONY: venv demo test clean-demo
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip uninstall -q -y paddlepaddle paddlepaddle-gpu
+	$(PY) -m pip install -q $(PADDLE) -r requirements.txt pytest
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m util_scripts.make_demo_data $(DEMO)
+	$(PY) -m util_scripts.generate_video_jpgs $(DEMO)/videos $(DEMO)/jpg ucf101
+	$(PY) -m util_scripts.ucf101_json $(DEMO)/annotations $(DEMO)/jpg $(DEMO)/json
+	$(PY) main.py --root_path $(DEMO) --video_path jpg --annotation_path json/ucf101_01.json \
+		--result_path results --dataset ucf101 --n_classes 4 --model resnet --model_depth 10 \
+		--sample_size 56 --sample_duration 16 --batch_size 16 --n_epochs 8 \
+		--learning_rate 0.01 --multistep_milestones 6 --checkpoint 4 --n_threads 2 \
+		--inference --inference_batch_size 2 --output_topk 0
+	$(PY) -m util_scripts.eval_accuracy $(DEMO)/json/ucf101_01.json $(DEMO)/results/val.json \
+		--subset validation -k 1 --save
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+clean-demo:
+	rm -rf $(DEMO)
