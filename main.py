@@ -32,7 +32,8 @@ from temporal_transforms import Compose as TemporalCompose  # noqa: E402
 from temporal_transforms import (SlidingWindow, TemporalCenterCrop, TemporalEvenCrop,  # noqa: E402
                                  TemporalRandomCrop, TemporalSubsampling)
 from training import train_epoch  # noqa: E402
-from utils import Logger, UserError, WorkerSeeder, epoch_seed, run_cli, set_seed  # noqa: E402
+from utils import (LoaderErrors, Logger, UserError, WorkerSeeder, epoch_seed,  # noqa: E402
+                   run_cli, set_seed)
 from validation import val_epoch  # noqa: E402
 
 # Strengths of --colorjitter (the reference passes zeros, which makes its flag a no-op).
@@ -325,7 +326,9 @@ def main_worker(opt):
 
 
 def main(argv=None):
-    main_worker(get_opt(argv))
+    opt = get_opt(argv)
+    with LoaderErrors():
+        main_worker(opt)
 
 
 if __name__ == '__main__':

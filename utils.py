@@ -2,6 +2,7 @@
 import csv
 import random
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -22,6 +23,35 @@ def run_cli(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         sys.exit(130)
+
+
+class LoaderErrors:
+    """Catch a UserError raised in a data-loader worker.
+
+    Paddle re-raises a worker's exception in its reader thread (printing a traceback) and then
+    fails the main loop with a SystemError. While this is active, the thread's UserError is kept
+    quiet and `reraise()` turns the SystemError back into the worker's one-line message.
+    """
+
+    def __enter__(self):
+        self.errors = []
+        self.previous = threading.excepthook
+        threading.excepthook = self._hook
+        return self
+
+    def _hook(self, args):
+        if isinstance(args.exc_value, UserError):
+            self.errors.append(args.exc_value)
+        else:
+            self.previous(args)
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        threading.excepthook = self.previous
+        if exc_type is SystemError and self.errors:
+            # the worker's traceback is in the message; its last line is the original error
+            lines = [line for line in str(self.errors[0]).splitlines() if line.strip()]
+            raise UserError(lines[-1].split('UserError: ', 1)[-1]) from exc_value
+        return False
 
 
 class AverageMeter:

@@ -3,7 +3,7 @@ import io
 from pathlib import Path
 from typing import Callable, List, Sequence
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from utils import UserError
 
@@ -19,7 +19,9 @@ class ImageLoaderPIL:
         try:
             with path.open('rb') as f, Image.open(f) as img:
                 return img.convert('RGB')
-        except (OSError, SyntaxError) as e:  # PIL raises both for truncated or corrupt files
+        except UnidentifiedImageError as e:
+            raise UserError(f'cannot read frame {path}: not an image, or corrupt') from e
+        except (OSError, SyntaxError) as e:  # PIL raises both for truncated or damaged files
             raise UserError(f'cannot read frame {path}: {e}') from e
 
 

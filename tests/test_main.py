@@ -143,3 +143,18 @@ def test_bad_input_ends_with_one_clear_line(tmp_path, args, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_corrupt_frame_in_a_loader_worker_ends_with_one_line(motion_data, tmp_path):
+    video_path, annotation_path = motion_data
+    broken = tmp_path / 'jpg'
+    shutil.copytree(video_path, broken)
+    for frame in broken.glob('*/*/image_*.jpg'):  # every frame, whichever clip is drawn first
+        frame.write_bytes(b'not a jpeg')
+    result = cli('--video_path', str(broken), '--annotation_path', str(annotation_path),
+                 '--result_path', str(tmp_path / 'out'), *TINY, '--n_threads', '2',
+                 '--n_epochs', '1')
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert 'error: cannot read frame ' in last and 'image_000' in last and 'not an image' in last
