@@ -5,12 +5,18 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from models import resnet
+from models import densenet, pre_act_resnet, resnet, resnet2p1d, resnext, wide_resnet
 from models.resnet import linear
 from utils import UserError
 
+# --model -> the module whose generate_model builds it
 MODELS = {
     'resnet': resnet,
+    'resnet2p1d': resnet2p1d,
+    'preresnet': pre_act_resnet,
+    'wideresnet': wide_resnet,
+    'resnext': resnext,
+    'densenet': densenet,
 }
 
 

@@ -114,3 +114,23 @@ def test_fine_tuning_parameters_start_at_the_module_and_freeze_the_rest():
     assert not any(n.startswith(('layer4.', 'fc.')) for n in frozen)
     with pytest.raises(UserError, match="'layer9' is not a module.*layer4, fc"):
         get_fine_tuning_parameters(generate_model(opt()), 'layer9')
+
+
+@pytest.mark.parametrize('name, depth', [('resnet2p1d', 10), ('preresnet', 10),
+                                         ('wideresnet', 50), ('resnext', 50), ('densenet', 121)])
+def test_every_family_is_reachable_from_the_options(name, depth):
+    model = generate_model(opt(model=name, model_depth=depth, wide_resnet_k=1,
+                               resnext_cardinality=8))
+    model.eval()
+    assert model(paddle.randn([1, 3, 4, 16, 16])).shape == [1, 5]
+
+
+def test_densenet_gets_a_new_classifier(tmp_path):
+    source = generate_model(opt(model='densenet', model_depth=121, n_classes=7))
+    paddle.save(source.state_dict(), str(tmp_path / 'd.pdparams'))
+    model = load_pretrained_model(generate_model(opt(model='densenet', model_depth=121,
+                                                     n_classes=7)),
+                                  tmp_path / 'd.pdparams', 'densenet', 3)
+    assert model.classifier.weight.shape[1] == 3
+    chosen = param_names(model, get_fine_tuning_parameters(model, 'denseblock4'))
+    assert chosen[0].startswith('features.denseblock4.') and chosen[-1] == 'classifier.bias'

@@ -1,4 +1,4 @@
-"""PyTorch models with the layout of the reference (kenshohara/3D-ResNets-PyTorch), for parity tests.
+"""PyTorch models with the layout of the reference (kenshohara/3D-ResNets-PyTorch), for parity.
 
 Written independently of our Paddle models and compactly: a residual block is a list of
 (conv name, conv, bn name, bn) units, run post-activation (`relu(bn(conv(x)))`, no ReLU after the
