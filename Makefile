@@ -28,9 +28,9 @@ demo: $(STAMP)
 	$(PY) -m util_scripts.ucf101_json $(DEMO)/annotations $(DEMO)/jpg $(DEMO)/json
 	$(PY) main.py --root_path $(DEMO) --video_path jpg --annotation_path json/ucf101_01.json \
 		--result_path results --dataset ucf101 --n_classes 4 --model resnet --model_depth 10 \
-		--sample_size 56 --sample_duration 16 --batch_size 16 --n_epochs 8 \
-		--learning_rate 0.01 --multistep_milestones 6 --checkpoint 4 --n_threads 2 \
-		--inference --inference_batch_size 2 --output_topk 0
+		--resnet_widen_factor 0.5 --sample_size 48 --sample_duration 8 --sample_t_stride 2 \
+		--batch_size 8 --n_epochs 40 --learning_rate 0.01 --multistep_milestones 30 \
+		--checkpoint 10 --n_threads 2 --inference --inference_batch_size 2 --output_topk 0
 	$(PY) -m util_scripts.eval_accuracy $(DEMO)/json/ucf101_01.json $(DEMO)/results/val.json \
 		--subset validation -k 1 --save
 

@@ -1,12 +1,13 @@
 """Fine-tune, validate and run inference with a 3D CNN: the toolkit's one entry point."""
-import os
+from utils import set_cpu_math_env
 
-# Paddle's CPU math runs on one thread unless told otherwise; this must precede `import paddle`.
-os.environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0))))
+# math threads = usable cores, MKL's fast path on AMD (utils.set_cpu_math_env): before `import paddle`
+set_cpu_math_env()
 
 import contextlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
@@ -321,7 +322,8 @@ def main_worker(opt):
         inference_loader, class_names = get_inference_utils(opt)
         result_path = opt.result_path / f'{opt.inference_subset}.json'
         results = inference.inference(inference_loader, model, result_path, class_names,
-                                      opt.inference_no_average, opt.output_topk)
+                                      opt.inference_no_average, opt.output_topk,
+                                      backend=opt.inference_backend)
         print(f'inference: {len(results["results"])} {opt.inference_subset} videos -> {result_path}')
 
 

@@ -1,5 +1,6 @@
 """Small helpers shared by the loops and scripts: logs, meters, seeds, errors."""
 import csv
+import os
 import random
 import sys
 import threading
@@ -7,6 +8,28 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
+
+
+def is_amd_cpu() -> bool:
+    """True on AMD x86 processors (read from /proc/cpuinfo; False where it cannot be read)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return 'AuthenticAMD' in f.read(1 << 16)
+    except OSError:
+        return False
+
+
+def set_cpu_math_env(environ=os.environ) -> None:
+    """Fast CPU math for Paddle; must run before `import paddle`. Variables already set win.
+
+    OMP_NUM_THREADS: Paddle's CPU kernels run on one thread unless told; use the usable cores.
+    MKL_DEBUG_CPU_TYPE=5: the MKL bundled with Paddle takes its generic path on AMD processors;
+    5 selects its AVX2 kernels (2-core EPYC: 2048^3 matmul 30 -> 113 GFLOP/s, dygraph 3D
+    ResNet-18 training 0.44 -> 1.39 clips/s). Intel processors ignore it: set on AMD only.
+    """
+    environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0))))
+    if is_amd_cpu():
+        environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
 
 
 class UserError(Exception):

@@ -11,7 +11,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0))))
+from utils import set_cpu_math_env  # noqa: E402
+
+set_cpu_math_env()  # before any test imports paddle
 warnings.filterwarnings('ignore', message='No ccache found')
 
 

@@ -36,7 +36,7 @@ BATCHES = [
 
 def test_average_over_a_videos_clips_sorted_top_k(tmp_path):
     result = inference(BATCHES, FirstPixels(), tmp_path / 'val.json', CLASS_NAMES,
-                       no_average=False, output_topk=2)
+                       no_average=False, output_topk=2, backend='dygraph')
     written = json.loads((tmp_path / 'val.json').read_text())
     assert written == json.loads(json.dumps(result))
     assert set(written) == {'results'} and set(written['results']) == {'v1', 'v2'}
@@ -51,7 +51,7 @@ def test_average_over_a_videos_clips_sorted_top_k(tmp_path):
 
 def test_no_average_keeps_each_segment(tmp_path):
     inference(BATCHES, FirstPixels(), tmp_path / 'val.json', CLASS_NAMES, no_average=True,
-              output_topk=1)
+              output_topk=1, backend='dygraph')
     v1 = json.loads((tmp_path / 'val.json').read_text())['results']['v1']
     assert [r['segment'] for r in v1] == [[1, 17], [17, 33], [33, 40]]
     assert [r['result'][0]['label'] for r in v1] == ['c', 'a', 'c']

@@ -158,3 +158,24 @@ def test_corrupt_frame_in_a_loader_worker_ends_with_one_line(motion_data, tmp_pa
     assert 'Traceback' not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert 'error: cannot read frame ' in last and 'image_000' in last and 'not an image' in last
+
+
+def test_fine_tuning_a_converted_pytorch_checkpoint_updates_only_fc(motion_data, tmp_path):
+    torch = pytest.importorskip('torch', reason='PyTorch is a test-only extra: '
+                                'pip install torch==2.13.0')
+    from torch_reference import build
+    from util_scripts import convert_pytorch_weights
+
+    reference = build('resnet', 10, n_classes=5)
+    torch.save({'epoch': 200, 'arch': 'resnet-10', 'state_dict': reference.state_dict()},
+               tmp_path / 'r3d10.pth')
+    convert_pytorch_weights.main([str(tmp_path / 'r3d10.pth'), str(tmp_path / 'r3d10.pdparams')])
+    run(motion_data, tmp_path / 'out', '--pretrain_path', str(tmp_path / 'r3d10'),
+        '--n_pretrain_classes', '5', '--ft_begin_module', 'fc', '--n_epochs', '1',
+        '--checkpoint', '1', '--n_threads', '0', '--no_val', '--weight_decay', '0')
+    after = paddle.load(str(tmp_path / 'out' / 'save_1.pdparams'))
+    assert after['fc.weight'].shape == [512, 2]
+    for key, value in reference.state_dict().items():
+        if key.startswith('fc.') or 'running' in key or 'num_batches' in key:
+            continue
+        np.testing.assert_array_equal(after[key].numpy(), value.numpy(), err_msg=key)

@@ -55,7 +55,7 @@ def test_deterministic_given_seed(tmp_path):
     first = plan_clips(tmp_path, 2, 2, seed=3, frame_range=(10, 20))
     again = plan_clips(tmp_path, 2, 2, seed=3, frame_range=(10, 20))
     other = plan_clips(tmp_path, 2, 2, seed=4, frame_range=(10, 20))
-    assert [c['path'].name for c in first][:2] == ['v_DriftUp_g01_c01.avi', 'v_DriftUp_g01_c02.avi']
+    assert [c['path'].name for c in first][:2] == ['v_DriftUp_g01_c01.avi', 'v_DriftDown_g01_c01.avi']
     for a, b in zip(first, again):
         assert np.array_equal(a['offsets'], b['offsets'])
         assert np.array_equal(a['appearance']['profile'], b['appearance']['profile'])
@@ -94,21 +94,22 @@ def test_single_frames_have_the_same_statistics_in_every_class():
         assert np.allclose(pooled[name], pooled['DriftUp'], rtol=0.15), pooled
 
 
-def test_a_groups_look_is_shared_by_every_class():
-    """The look cannot be memorised per class: group g looks the same in all classes."""
-    clips = plan_clips(Path('unused'), n_groups=3, clips_per_group=1, seed=0,
+def test_a_clips_look_is_shared_by_every_class():
+    """The look cannot be memorised per class: clip c of group g looks the same in all classes."""
+    clips = plan_clips(Path('unused'), n_groups=3, clips_per_group=2, seed=0,
                        frame_range=(16, 16))
     by_group = {}
     for clip in clips:
-        group = clip['path'].stem.split('_g')[1][:2]
-        by_group.setdefault(group, []).append(clip['appearance'])
-    assert len(by_group) == 3
+        group_clip = clip['path'].stem.split('_g')[1]  # e.g. '02_c01'
+        by_group.setdefault(group_clip, []).append(clip['appearance'])
+    assert len(by_group) == 6
     for looks in by_group.values():
         assert len(looks) == len(CLASSES)
         for look in looks[1:]:
             np.testing.assert_array_equal(look['profile'], looks[0]['profile'])
             np.testing.assert_array_equal(look['colours'], looks[0]['colours'])
-    assert not np.array_equal(by_group['01'][0]['profile'], by_group['02'][0]['profile'])
+    assert not np.array_equal(by_group['01_c01'][0]['profile'], by_group['01_c02'][0]['profile'])
+    assert not np.array_equal(by_group['01_c01'][0]['profile'], by_group['02_c01'][0]['profile'])
 
 
 def test_still_and_jitter_motion():

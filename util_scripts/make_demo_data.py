@@ -1,6 +1,6 @@
 """Write a small UCF-101-style data set of synthetic videos whose classes differ only in motion.
 
-    python -m util_scripts.make_demo_data DIR [--n_train_per_class 12] [--n_test_per_class 4]
+    python -m util_scripts.make_demo_data DIR [--n_train_per_class 24] [--n_test_per_class 8]
 
 Every video shows full-frame horizontal stripes (a random periodic 1-D profile in two random
 colours). The class is how the stripes move from frame to frame:
@@ -15,9 +15,9 @@ training augmentations) keep every class what it is. Written files:
     DIR/annotations/classInd.txt                          ("1 DriftUp" lines)
     DIR/annotations/trainlist0{1,2,3}.txt, testlist0{1,2,3}.txt
 
-As in UCF-101, the clips of a group share their look (here: stripe profile and colours) and a
-group is either all train or all test; split s tests the s-th block of groups. Group g has the
-same look in every class, so only motion tells the classes apart. The output is
+As in UCF-101, a group is either all train or all test; split s tests the s-th block of groups.
+A look (stripe profile and colours) is drawn per clip of a group and shared by that clip in every
+class, so only motion tells the classes apart. The output is
 determined by `--seed`.
 """
 import argparse
@@ -136,17 +136,17 @@ def write_split_lists(annotation_dir: Path, n_groups: int, n_test_groups: int,
 
 def plan_clips(video_dir: Path, n_groups: int, clips_per_group: int, seed: int,
                frame_range: Tuple[int, int]) -> List[dict]:
-    """Draw every clip's look and motion, each from generators seeded by (seed, group, class).
+    """Draw every clip's look and motion from generators seeded by (seed, group, clip, class).
 
-    Group g of every class has the same look, so the look says nothing about the class and a
-    model must learn the motion (a look of one class only would be memorised instead).
+    Clip c of group g has the same look in every class, so the look says nothing about the
+    class and a model must learn the motion (looks of one class only would be memorised).
     """
     clips = []
     for group in range(1, n_groups + 1):
-        appearance = make_appearance(np.random.default_rng([seed, group]))
-        for class_index, name in enumerate(CLASSES):
-            rng = np.random.default_rng([seed, class_index, group])
-            for clip in range(1, clips_per_group + 1):
+        for clip in range(1, clips_per_group + 1):
+            appearance = make_appearance(np.random.default_rng([seed, group, clip]))
+            for class_index, name in enumerate(CLASSES):
+                rng = np.random.default_rng([seed, class_index, group, clip])
                 n_frames = int(rng.integers(frame_range[0], frame_range[1] + 1))
                 speed = int(rng.integers(SPEEDS[0], SPEEDS[1] + 1))
                 phase = int(rng.integers(0, TEXTURE_LENGTH))
@@ -175,9 +175,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='python -m util_scripts.make_demo_data',
                                      description='Write a small synthetic UCF-101-style data set.')
     parser.add_argument('dir_path', type=Path, help='output directory (videos/, annotations/)')
-    parser.add_argument('--n_train_per_class', type=int, default=12,
+    parser.add_argument('--n_train_per_class', type=int, default=24,
                         help='training videos per class and split')
-    parser.add_argument('--n_test_per_class', type=int, default=4,
+    parser.add_argument('--n_test_per_class', type=int, default=8,
                         help='test videos per class and split')
     parser.add_argument('--clips_per_group', type=int, default=2,
                         help='clips sharing one look (a UCF group); divides both counts')
