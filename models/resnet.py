@@ -119,9 +119,7 @@ class ResNet(nn.Layer):
         self.in_planes = block_inplanes[0]
         self.no_max_pool = no_max_pool
 
-        self.conv1 = conv3d(n_input_channels, self.in_planes, (conv1_t_size, 7, 7),
-                            stride=(conv1_t_stride, 2, 2), padding=(conv1_t_size // 2, 3, 3))
-        self.bn1 = batch_norm(self.in_planes)
+        self._make_stem(n_input_channels, conv1_t_size, conv1_t_stride)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool3D(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, block_inplanes[0], layers[0], shortcut_type)
@@ -130,6 +128,15 @@ class ResNet(nn.Layer):
         self.layer4 = self._make_layer(block, block_inplanes[3], layers[3], shortcut_type, stride=2)
         self.avgpool = nn.AdaptiveAvgPool3D((1, 1, 1))
         self.fc = linear(block_inplanes[3] * block.expansion, n_classes)
+
+    def _make_stem(self, n_input_channels: int, conv1_t_size: int, conv1_t_stride: int):
+        """conv1 (t x 7 x 7, stride (t_stride, 2, 2)) and bn1; registered first, as in the reference."""
+        self.conv1 = conv3d(n_input_channels, self.in_planes, (conv1_t_size, 7, 7),
+                            stride=(conv1_t_stride, 2, 2), padding=(conv1_t_size // 2, 3, 3))
+        self.bn1 = batch_norm(self.in_planes)
+
+    def stem(self, x):
+        return self.relu(self.bn1(self.conv1(x)))  # [N, 64, T / t_stride, H / 2, W / 2]
 
     def _make_layer(self, block, planes: int, blocks: int, shortcut_type: str, stride=1):
         downsample = None
@@ -147,7 +154,7 @@ class ResNet(nn.Layer):
         return nn.Sequential(*layers)
 
     def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))  # [N, 64, T / t_stride, H / 2, W / 2]
+        x = self.stem(x)
         if not self.no_max_pool:
             x = self.maxpool(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))

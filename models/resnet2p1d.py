@@ -86,38 +86,19 @@ class Bottleneck(nn.Layer):
 class ResNet(resnet.ResNet):
     """`resnet.ResNet` with a (2+1)D stem: conv1_s (1x7x7), bn1_s, relu, conv1_t, bn1_t, relu."""
 
-    def __init__(self, block, layers, block_inplanes, n_input_channels: int = 3,
-                 conv1_t_size: int = 7, conv1_t_stride: int = 1, **kwargs):
-        super().__init__(block, layers, block_inplanes, n_input_channels, conv1_t_size,
-                         conv1_t_stride, **kwargs)
-        in_planes = self.conv1.weight.shape[0]
+    def _make_stem(self, n_input_channels: int, conv1_t_size: int, conv1_t_stride: int):
         # the reference sizes the stem for 3 input channels whatever n_input_channels is
-        mid = mid_planes(3, in_planes, conv1_t_size, 7)
-        stem = [
-            ('conv1_s', conv3d(n_input_channels, mid, (1, 7, 7), stride=(1, 2, 2),
-                               padding=(0, 3, 3))),
-            ('bn1_s', batch_norm(mid)),
-            ('conv1_t', conv3d(mid, in_planes, (conv1_t_size, 1, 1), stride=(conv1_t_stride, 1, 1),
-                               padding=(conv1_t_size // 2, 0, 0))),
-            ('bn1_t', batch_norm(in_planes)),
-        ]
-        # Replace the 3D stem and register the (2+1)D one first, so that the parameters come in the
-        # reference's order (`--ft_begin_module` relies on it).
-        children = list(self.named_children())
-        for name, _ in children:
-            delattr(self, name)
-        trunk = [(name, layer) for name, layer in children if name not in ('conv1', 'bn1')]
-        for name, layer in stem + trunk:
-            self.add_sublayer(name, layer)
+        mid = mid_planes(3, self.in_planes, conv1_t_size, 7)
+        self.conv1_s = conv3d(n_input_channels, mid, (1, 7, 7), stride=(1, 2, 2),
+                              padding=(0, 3, 3))
+        self.bn1_s = batch_norm(mid)
+        self.conv1_t = conv3d(mid, self.in_planes, (conv1_t_size, 1, 1),
+                              stride=(conv1_t_stride, 1, 1), padding=(conv1_t_size // 2, 0, 0))
+        self.bn1_t = batch_norm(self.in_planes)
 
-    def forward(self, x):
+    def stem(self, x):
         x = self.relu(self.bn1_s(self.conv1_s(x)))  # [N, mid, T, H / 2, W / 2]
-        x = self.relu(self.bn1_t(self.conv1_t(x)))  # [N, 64, T / t_stride, H / 2, W / 2]
-        if not self.no_max_pool:
-            x = self.maxpool(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = self.avgpool(x).flatten(1)  # [N, C]
-        return self.fc(x)
+        return self.relu(self.bn1_t(self.conv1_t(x)))  # [N, 64, T / t_stride, H / 2, W / 2]
 
 
 # depth -> (block, blocks per stage): resnet's table with the (2+1)D blocks

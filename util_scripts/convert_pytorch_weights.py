@@ -30,18 +30,8 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from models import densenet, pre_act_resnet, resnet, resnet2p1d, resnext, wide_resnet
+from model import MODELS
 from utils import UserError, run_cli
-
-# --model -> module with generate_model(model_depth, **kwargs)
-MODELS = {
-    'resnet': resnet,
-    'resnet2p1d': resnet2p1d,
-    'preresnet': pre_act_resnet,
-    'wideresnet': wide_resnet,
-    'resnext': resnext,
-    'densenet': densenet,
-}
 
 # torch's storage classes (torch.FloatStorage, torch.cuda.FloatStorage, ...) -> numpy dtypes
 STORAGE_DTYPES = {
