@@ -76,16 +76,22 @@ class BasicBlock(nn.Layer):
 
 
 class Bottleneck(nn.Layer):
-    """1x1x1 reduce, 3x3x3, 1x1x1 expand (x4), with a residual connection."""
+    """1x1x1 reduce, 3x3x3, 1x1x1 expand (x4), with a residual connection.
+
+    The middle width is `planes` unless `mid_planes` says otherwise; `groups` splits the 3x3x3
+    convolution (ResNeXt uses both).
+    """
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride=1, downsample=None):
+    def __init__(self, in_planes: int, planes: int, stride=1, downsample=None,
+                 mid_planes: int = None, groups: int = 1):
         super().__init__()
-        self.conv1 = conv1x1x1(in_planes, planes)
-        self.bn1 = batch_norm(planes)
-        self.conv2 = conv3x3x3(planes, planes, stride)
-        self.bn2 = batch_norm(planes)
-        self.conv3 = conv1x1x1(planes, planes * self.expansion)
+        mid_planes = mid_planes or planes
+        self.conv1 = conv1x1x1(in_planes, mid_planes)
+        self.bn1 = batch_norm(mid_planes)
+        self.conv2 = conv3d(mid_planes, mid_planes, 3, stride=stride, padding=1, groups=groups)
+        self.bn2 = batch_norm(mid_planes)
+        self.conv3 = conv1x1x1(mid_planes, planes * self.expansion)
         self.bn3 = batch_norm(planes * self.expansion)
         self.relu = nn.ReLU()
         self.downsample = downsample

@@ -10,10 +10,7 @@ last stage.
 """
 from functools import partialmethod
 
-import paddle.nn as nn
-
 from . import resnet
-from .resnet import batch_norm, conv1x1x1, conv3d
 
 
 def get_inplanes():
@@ -26,19 +23,8 @@ class ResNeXtBottleneck(resnet.Bottleneck):
     expansion = 2
 
     def __init__(self, in_planes: int, planes: int, cardinality: int, stride=1, downsample=None):
-        # Bottleneck.__init__ is skipped: the reference builds its layers and then replaces them,
-        # which costs more time than building the whole ResNeXt.
-        nn.Layer.__init__(self)
-        mid_planes = cardinality * planes // 32
-        self.conv1 = conv1x1x1(in_planes, mid_planes)
-        self.bn1 = batch_norm(mid_planes)
-        self.conv2 = conv3d(mid_planes, mid_planes, 3, stride=stride, padding=1, groups=cardinality)
-        self.bn2 = batch_norm(mid_planes)
-        self.conv3 = conv1x1x1(mid_planes, planes * self.expansion)
-        self.bn3 = batch_norm(planes * self.expansion)
-        self.relu = nn.ReLU()
-        self.downsample = downsample
-        self.stride = stride
+        super().__init__(in_planes, planes, stride, downsample,
+                         mid_planes=cardinality * planes // 32, groups=cardinality)
 
 
 def with_cardinality(block, cardinality: int):
