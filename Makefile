@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   venv + synthetic UCF-101-style videos -> frames -> json -> train/val/infer -> top-1
+#               -> exported model, curves.png, one video classified
 #   make test   venv + the whole test suite
 # GPU: add PADDLE=paddlepaddle-gpu (see README.md).
 
@@ -33,6 +34,12 @@ demo: $(STAMP)
 		--checkpoint 10 --n_threads 2 --inference --inference_batch_size 2 --output_topk 0
 	$(PY) -m util_scripts.eval_accuracy $(DEMO)/json/ucf101_01.json $(DEMO)/results/val.json \
 		--subset validation -k 1 --save
+	$(PY) -m util_scripts.export_model --opts $(DEMO)/results/opts.json \
+		--weights $(DEMO)/results/save_40.pdparams --output $(DEMO)/exported
+	$(PY) -m pip install -q matplotlib
+	$(PY) -m util_scripts.plot_logs $(DEMO)/results
+	$(PY) -m util_scripts.predict_video $(DEMO)/videos/DriftUp/v_DriftUp_g04_c02.avi \
+		--model $(DEMO)/exported --topk 4
 
 test: $(STAMP)
 	$(PY) -m pytest tests

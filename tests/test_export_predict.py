@@ -1,0 +1,204 @@
+"""export_model and predict_video on a tiny model trained on the motion demo's videos."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import inference
+import main
+from conftest import ROOT
+from util_scripts import (export_model, generate_video_jpgs, make_demo_data, predict_video,
+                          ucf101_json)
+from utils import UserError
+
+CLASSES = list(make_demo_data.CLASSES)
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    """The motion demo (4 classes, 4 train + 2 test videos per class, 64x48, 20-28 frames) as
+    videos and frame folders, and a ResNet-10 trained on it with inference on the test videos."""
+    root = tmp_path_factory.mktemp('demo')
+    make_demo_data.main([str(root), '--n_train_per_class', '4', '--n_test_per_class', '2',
+                         '--width', '64', '--height', '48', '--min_frames', '20',
+                         '--max_frames', '28'])
+    generate_video_jpgs.main([str(root / 'videos'), str(root / 'jpg'), 'ucf101'])
+    ucf101_json.main([str(root / 'annotations'), str(root / 'jpg'), str(root / 'json')])
+    main.main(['--root_path', str(root), '--video_path', 'jpg',
+               '--annotation_path', 'json/ucf101_01.json', '--result_path', 'results',
+               '--dataset', 'ucf101', '--n_classes', '4', '--model_depth', '10',
+               '--resnet_widen_factor', '0.5', '--sample_size', '32', '--sample_duration', '8',
+               '--sample_t_stride', '2', '--batch_size', '8', '--n_epochs', '30',
+               '--learning_rate', '0.01', '--checkpoint', '30', '--n_threads', '0', '--no_val',
+               '--inference', '--inference_stride', '4', '--output_topk', '0'])
+    return root
+
+
+@pytest.fixture(scope='module')
+def exported(demo):
+    output = demo / 'exported'
+    export_model.main(['--opts', str(demo / 'results' / 'opts.json'),
+                       '--weights', str(demo / 'results' / 'save_30.pdparams'),
+                       '--output', str(output)])
+    return output
+
+
+def split1_test_videos(demo):
+    """The test videos of split 1: {video_id: (frame folder, .avi)}."""
+    annotation = json.loads((demo / 'json' / 'ucf101_01.json').read_text())
+    ids = [v for v, entry in annotation['database'].items() if entry['subset'] == 'validation']
+    assert len(ids) == 8
+    return {v: (demo / 'jpg' / v.split('_')[1] / v, demo / 'videos' / v.split('_')[1] / f'{v}.avi')
+            for v in ids}
+
+
+def predict(inputs, model, tmp_path, *args):
+    output = tmp_path / 'pred.json'
+    predict_video.main([*map(str, inputs), '--model', str(model), '--topk', '0',
+                        '--output', str(output), *args])
+    return json.loads(output.read_text())['results']
+
+
+def scores(result):
+    """{label: score} of one video's result list."""
+    return {r['label']: r['score'] for r in result}
+
+
+def relative_error(actual, expected):
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def test_export_writes_the_model_and_its_preprocessing(demo, exported):
+    info = json.loads((exported / export_model.INFO_FILE).read_text())
+    assert info['class_names'] == CLASSES
+    assert info['input_shape'] == [None, 3, 8, 32, 32]
+    assert (info['sample_size'], info['sample_duration'], info['sample_t_stride'],
+            info['inference_stride'], info['value_scale']) == (32, 8, 2, 4, 1)
+    assert info['mean'] == pytest.approx([0.4345, 0.4051, 0.3775])  # Kinetics, the default
+    assert (exported / 'inference.pdiparams').is_file()
+    assert inference.saved_program(exported / 'inference').is_file()
+
+
+def test_exported_logits_equal_the_dygraph_model(demo, exported):
+    opt = export_model.parse_model_opts([], demo / 'results' / 'opts.json', 'test')
+    model = export_model.build_model(opt, demo / 'results' / 'save_30.pdparams')
+    dygraph = inference.dygraph_logits(model)
+    predictor = inference.Predictor(exported / 'inference')
+    rng = np.random.default_rng(0)
+    for batch in (1, 4):  # the batch size is free
+        clips = rng.normal(size=[batch, 3, 8, 32, 32]).astype('float32')
+        expected = dygraph(clips)
+        assert expected.shape == (batch, 4)
+        assert relative_error(predictor(clips), expected) < 1e-4
+
+
+def test_frame_folders_give_the_scores_of_main_inference(demo, exported, tmp_path):
+    videos = split1_test_videos(demo)
+    results = predict([folder for folder, _ in videos.values()], exported, tmp_path)
+    expected = json.loads((demo / 'results' / 'val.json').read_text())['results']
+    assert sorted(results) == sorted(expected)
+    for video_id, result in results.items():
+        assert [r['label'] for r in result] == [r['label'] for r in expected[video_id]]
+        np.testing.assert_allclose([r['score'] for r in result],
+                                   [r['score'] for r in expected[video_id]], rtol=1e-4)
+
+
+def test_checkpoint_with_opts_gives_the_exported_scores(demo, exported, tmp_path):
+    folders = [folder for folder, _ in split1_test_videos(demo).values()][:3]
+    from_export = predict(folders, exported, tmp_path)
+    from_checkpoint = predict(folders, demo / 'results' / 'save_30.pdparams', tmp_path,
+                              '--opts', str(demo / 'results' / 'opts.json'))
+    for video_id, result in from_export.items():
+        assert [r['label'] for r in from_checkpoint[video_id]] == [r['label'] for r in result]
+        np.testing.assert_allclose([r['score'] for r in from_checkpoint[video_id]],
+                                   [r['score'] for r in result], rtol=1e-4)
+
+
+def test_videos_give_the_top1_of_their_frame_folders(demo, exported, tmp_path, capsys):
+    videos = split1_test_videos(demo)
+    from_frames = predict([folder for folder, _ in videos.values()], exported, tmp_path)
+    from_videos = predict([avi for _, avi in videos.values()], exported, tmp_path)
+    printed = capsys.readouterr().out
+    assert f'{videos["v_DriftUp_g01_c01"][1]} (' in printed  # "INPUT (n clips): label score ..."
+    differences = []
+    for video_id, result in from_frames.items():
+        assert from_videos[video_id][0]['label'] == result[0]['label'], video_id
+        frame_scores, video_scores = scores(result), scores(from_videos[video_id])
+        differences += [abs(video_scores[c] - frame_scores[c]) for c in CLASSES]
+    # frames decoded from the pipe skip the JPEG round trip of the frame folders: small changes
+    assert max(differences) < 0.1
+    print(f'\nlargest score difference .avi vs frame folder: {max(differences):.4f} '
+          f'(mean {np.mean(differences):.4f})')
+
+
+def test_a_video_decodes_like_its_frame_folder(demo):
+    folder, avi = split1_test_videos(demo)['v_Still_g01_c01']
+    decoded = list(predict_video.decode_video(avi))
+    stored = list(predict_video.read_frame_folder(folder))
+    assert len(decoded) == len(stored)
+    assert decoded[0].size == stored[0].size == (320, 240)
+    difference = np.abs(np.asarray(decoded[5], 'float32') - np.asarray(stored[5], 'float32'))
+    assert difference.mean() < 3  # grey levels: JPEG's rounding, not another frame or colour order
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, '-m', 'util_scripts.predict_video', *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_a_file_ffmpeg_cannot_read_ends_in_one_line(exported, tmp_path):
+    broken = tmp_path / 'broken.avi'
+    broken.write_bytes(b'not a video' * 100)
+    assert_one_line_error(cli(broken, '--model', exported), 'ffmpeg cannot read', 'broken.avi')
+
+
+def test_a_model_folder_without_its_json_ends_in_one_line(exported, tmp_path, demo):
+    folder = tmp_path / 'incomplete'
+    folder.mkdir()
+    for path in exported.glob('inference.*'):
+        (folder / path.name).write_bytes(path.read_bytes())
+    avi = next(iter(split1_test_videos(demo).values()))[1]
+    assert_one_line_error(cli(avi, '--model', folder), 'no model_info.json', 'export_model')
+
+
+def test_a_checkpoint_of_another_class_count_ends_in_one_line(demo, tmp_path):
+    import paddle
+    from models.resnet import generate_model
+    weights = tmp_path / 'five_classes.pdparams'
+    paddle.save(generate_model(10, n_classes=5, widen_factor=0.5).state_dict(), str(weights))
+    avi = next(iter(split1_test_videos(demo).values()))[1]
+    assert_one_line_error(cli(avi, '--model', weights, '--opts', demo / 'results' / 'opts.json'),
+                          'checkpoint of 5 classes', 'the model has 4')
+
+
+def test_other_mistakes_are_user_errors(demo, exported, tmp_path):
+    checkpoint = demo / 'results' / 'save_30.pdparams'
+    for args, message in (
+            ([tmp_path / 'missing.avi', '--model', exported], 'missing.avi not found'),
+            ([tmp_path, '--model', exported], 'without image_00001.jpg'),
+            ([tmp_path, '--model', checkpoint], 'pass --opts')):
+        with pytest.raises(UserError, match=message):
+            predict_video.main([str(a) for a in args])
+
+
+def test_export_names_the_missing_source_of_class_names(demo, tmp_path):
+    weights = str(demo / 'results' / 'save_30.pdparams')
+    with pytest.raises(UserError, match='pass --annotation_path'):
+        export_model.main(['--weights', weights, '--output', str(tmp_path), '--n_classes', '4'])
+    opts = json.loads((demo / 'results' / 'opts.json').read_text())
+    opts['annotation_path'] = str(tmp_path / 'moved.json')
+    (tmp_path / 'opts.json').write_text(json.dumps(opts))
+    with pytest.raises(UserError, match=r'annotation json of .*opts.json .*moved.json not found'):
+        export_model.main(['--opts', str(tmp_path / 'opts.json'), '--weights', weights,
+                           '--output', str(tmp_path)])
