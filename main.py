@@ -5,21 +5,28 @@ from utils import set_cpu_math_env
 set_cpu_math_env()
 
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 warnings.filterwarnings('ignore', message='No ccache found')
 warnings.filterwarnings('ignore', message='When training, we now always track global mean')
-warnings.formatwarning = lambda message, *args, **kwargs: f'warning: {message}\n'
 
 with contextlib.redirect_stderr(io.StringIO()):  # Paddle prints a caution for any thread count > 1
     import paddle  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+
+# one line per warning, written around the progress bar (also from loader workers: tqdm's lock is
+# shared with the processes forked from this one)
+warnings.showwarning = lambda message, *args, **kwargs: tqdm.write(f'warning: {message}',
+                                                                   file=sys.stderr)
 
 import inference  # noqa: E402
 from datasets import get_inference_data, get_training_data, get_validation_data  # noqa: E402
@@ -33,12 +40,17 @@ from temporal_transforms import Compose as TemporalCompose  # noqa: E402
 from temporal_transforms import (SlidingWindow, TemporalCenterCrop, TemporalEvenCrop,  # noqa: E402
                                  TemporalRandomCrop, TemporalSubsampling)
 from training import train_epoch  # noqa: E402
-from utils import (LoaderErrors, Logger, UserError, WorkerSeeder, epoch_seed,  # noqa: E402
-                   run_cli, set_seed)
+from utils import (BestScores, Interrupted, LoaderErrors, Logger, StopSignals,  # noqa: E402
+                   UserError, WorkerSeeder, epoch_seed, get_rng_state, open_writer, run_cli,
+                   set_rng_state, set_seed)
 from validation import val_epoch  # noqa: E402
 
 # Strengths of --colorjitter (the reference passes zeros, which makes its flag a no-op).
 COLOR_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+
+# Disk space of a checkpoint per byte of the model's state dict: .pdparams holds the state dict,
+# .pdopt a momentum buffer per trainable parameter (2x together); 3x leaves room for the logs.
+CHECKPOINT_SIZE_FACTOR = 3
 
 
 def get_opt(argv=None):
@@ -70,8 +82,6 @@ def get_opt(argv=None):
         raise UserError('--input_type flow needs --file_type hdf5')
     if opt.distributed:
         raise UserError('--distributed is not supported yet; train on one process')
-    if opt.tensorboard:
-        raise UserError('--tensorboard is not supported yet; read train.log and val.log')
 
     opt.arch = f'{opt.model}-{opt.model_depth}'
     opt.begin_epoch = 1
@@ -81,12 +91,12 @@ def get_opt(argv=None):
         opt.n_input_channels = 2
         opt.mean, opt.std = opt.mean[:2], opt.std[:2]
 
-    try:
+    try:  # also the check that the result folder is writable, before anything runs
         opt.result_path.mkdir(parents=True, exist_ok=True)
+        with (opt.result_path / 'opts.json').open('w') as f:
+            json.dump(vars(opt), f, default=str, indent=1)
     except OSError as e:
-        raise UserError(f'cannot create --result_path {opt.result_path}: {e}') from e
-    with (opt.result_path / 'opts.json').open('w') as f:
-        json.dump(vars(opt), f, default=str, indent=1)
+        raise UserError(f'cannot write to --result_path {opt.result_path}: {e}') from e
     return opt
 
 
@@ -139,7 +149,7 @@ def get_train_utils(opt, parameters):
 
     train_data = get_training_data(opt.video_path, opt.annotation_path, opt.dataset,
                                    opt.input_type, opt.file_type, spatial_transform,
-                                   temporal_transform)
+                                   temporal_transform, opt.strict_data)
     train_loader = make_loader(train_data, opt.batch_size, True, opt)
 
     resumed = opt.resume_path is not None
@@ -169,7 +179,7 @@ def get_val_utils(opt):
         opt, TemporalEvenCrop(opt.sample_duration, opt.n_val_samples))
     val_data, collate_fn = get_validation_data(opt.video_path, opt.annotation_path, opt.dataset,
                                                opt.input_type, opt.file_type, spatial_transform,
-                                               temporal_transform)
+                                               temporal_transform, opt.strict_data)
     videos_per_batch = max(1, opt.batch_size // opt.n_val_samples)
     val_loader = make_loader(val_data, videos_per_batch, False, opt, collate_fn)
     val_logger = Logger(opt.result_path / 'val.log', ['epoch', 'loss', 'acc'],
@@ -187,7 +197,7 @@ def get_inference_utils(opt):
         opt, SlidingWindow(opt.sample_duration, opt.inference_stride))
     data, collate_fn = get_inference_data(opt.video_path, opt.annotation_path, opt.dataset,
                                           opt.input_type, opt.file_type, opt.inference_subset,
-                                          spatial_transform, temporal_transform)
+                                          spatial_transform, temporal_transform, opt.strict_data)
     # Uncropped frames of different videos may differ in size: one video per batch.
     batch_size = 1 if opt.inference_crop == 'nocrop' else opt.inference_batch_size
     return make_loader(data, batch_size, False, opt, collate_fn), data.class_names
@@ -209,19 +219,67 @@ def structured_optimizer_state(model, state: dict, to_structured: bool) -> dict:
     return renamed
 
 
-def save_checkpoint(result_path: Path, epoch: int, arch: str, model, optimizer, scheduler):
-    """Write save_{epoch}.pdparams (weights) and save_{epoch}.pdopt (training state), atomically."""
+def tmp_path(path: Path) -> Path:
+    return path.with_name(path.name + '.tmp')
+
+
+def fsync(path: Path) -> None:
+    """Flush a file to the disk before it is renamed into place: some file systems report a full
+    disk only then, and a rename after a power cut must not find it empty."""
+    with path.open('rb') as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(result_path: Path, epoch: int, arch: str, model, optimizer, scheduler,
+                    best: BestScores):
+    """Write save_{epoch}.pdparams (weights) and save_{epoch}.pdopt (training state) atomically.
+
+    Both go to .tmp files and are renamed into place when both are complete. The .pdopt marks a
+    checkpoint complete (find_checkpoint), so an earlier save_{epoch}.pdopt is removed before the
+    renames: at no moment do weights and state of two different writes pair up. A failed write
+    (a full disk) or an interrupt leaves no .tmp file behind.
+    """
+    params, state = result_path / f'save_{epoch}.pdparams', result_path / f'save_{epoch}.pdopt'
     files = {
-        result_path / f'save_{epoch}.pdparams': model.state_dict(),
-        result_path / f'save_{epoch}.pdopt': {
-            'epoch': epoch, 'arch': arch,
-            'optimizer': structured_optimizer_state(model, optimizer.state_dict(), True),
-            'scheduler': scheduler.state_dict()},
+        params: model.state_dict(),
+        state: {'epoch': epoch, 'arch': arch,
+                'optimizer': structured_optimizer_state(model, optimizer.state_dict(), True),
+                'scheduler': scheduler.state_dict(), 'best': dataclasses.asdict(best),
+                'rng': get_rng_state()},
     }
-    for path, obj in files.items():
-        paddle.save(obj, str(path.with_name(path.name + '.tmp')))
-    for path in files:
-        os.replace(path.with_name(path.name + '.tmp'), path)
+    try:
+        for path, obj in files.items():
+            paddle.save(obj, str(tmp_path(path)))
+            fsync(tmp_path(path))
+        state.unlink(missing_ok=True)
+        for path in files:
+            os.replace(tmp_path(path), path)
+    except OSError as e:
+        raise UserError(f'cannot write checkpoint {params}: {e}; '
+                        f'{resume_hint(result_path)}') from e
+    finally:
+        for path in files:
+            tmp_path(path).unlink(missing_ok=True)
+
+
+def remove_unfinished_checkpoints(result_path: Path) -> None:
+    """Delete the .tmp files of a checkpoint write that a kill cut short."""
+    unfinished = sorted(result_path.glob('save_*.tmp'))
+    for path in unfinished:
+        path.unlink()
+    if unfinished:
+        print(f'removed {", ".join(p.name for p in unfinished)}: unfinished checkpoint files '
+              'of an interrupted run')
+
+
+def check_free_space(result_path: Path, model) -> None:
+    """Stop before training, not hours into it, when --result_path has no room for a checkpoint."""
+    model_bytes = sum(int(t.numel()) * t.element_size() for t in model.state_dict().values())
+    needed = CHECKPOINT_SIZE_FACTOR * model_bytes
+    free = shutil.disk_usage(result_path).free
+    if free < needed:
+        raise UserError(f'--result_path {result_path} has {free / 2**20:.0f} MB free; a '
+                        f'checkpoint needs about {needed / 2**20:.0f} MB')
 
 
 def find_checkpoint(resume_path: Path) -> Path:
@@ -243,6 +301,15 @@ def find_checkpoint(resume_path: Path) -> Path:
     return path
 
 
+def resume_hint(result_path: Path) -> str:
+    """What a rerun can resume from: the newest complete checkpoint in `result_path`, or none."""
+    try:
+        checkpoint = find_checkpoint(result_path)
+    except UserError:
+        return f'no complete checkpoint in {result_path} to resume from'
+    return f'resume from {checkpoint.name} with --resume_path {result_path}'
+
+
 def load_checkpoint(path: Path, arch: str):
     """The weights and training state of a checkpoint made for `arch`."""
     pdopt = path.with_suffix('.pdopt')
@@ -255,6 +322,14 @@ def load_checkpoint(path: Path, arch: str):
     return paddle.load(str(path)), state
 
 
+def bad_frames_note(loader) -> str:
+    """', bad frames replaced: N, videos skipped: M' for the epoch just loaded ('' if none)."""
+    replaced, skipped = loader.dataset.bad_frames.take()
+    notes = [f'{what}: {n}' for what, n in (('bad frames replaced', replaced),
+                                            ('videos skipped', skipped)) if n]
+    return ''.join(', ' + note for note in notes)
+
+
 def get_device(no_cuda: bool) -> str:
     """'gpu' when Paddle has CUDA and a GPU is visible (and --no_cuda is not given), else 'cpu'."""
     if not no_cuda and paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
@@ -262,7 +337,8 @@ def get_device(no_cuda: bool) -> str:
     return 'cpu'
 
 
-def main_worker(opt):
+def main_worker(opt, stop: StopSignals):
+    tb_writer = open_writer(opt.result_path / 'vdl') if opt.tensorboard else None
     set_seed(opt.manual_seed)
     paddle.set_device(get_device(opt.no_cuda))
 
@@ -282,8 +358,11 @@ def main_worker(opt):
         model.set_state_dict(weights)
         opt.begin_epoch = train_state['epoch'] + 1
         print(f'resuming from {checkpoint} at epoch {opt.begin_epoch}')
+    best = BestScores(**train_state.get('best', {})) if train_state else BestScores()
 
     if not opt.no_train:
+        remove_unfinished_checkpoints(opt.result_path)
+        check_free_space(opt.result_path, model)
         (train_loader, train_logger, train_batch_logger, optimizer,
          scheduler) = get_train_utils(opt, parameters)
         if train_state is not None:
@@ -294,6 +373,9 @@ def main_worker(opt):
                 scheduler.milestones = opt.multistep_milestones
     if not opt.no_val:
         val_loader, val_logger = get_val_utils(opt)
+    if train_state is not None and 'rng' in train_state:
+        # where the interrupted run left them (each epoch then reseeds from (seed, epoch))
+        set_rng_state(train_state['rng'])
 
     for epoch in range(opt.begin_epoch, opt.n_epochs + 1):
         if opt.no_train and opt.no_val:
@@ -303,34 +385,54 @@ def main_worker(opt):
             set_seed(epoch_seed(opt.manual_seed, epoch))
             train_loader.seeder.seed = epoch_seed(opt.manual_seed, epoch)
             lr = optimizer.get_lr()
-            loss, acc, seconds = train_epoch(epoch, train_loader, model, optimizer, lr,
-                                             train_logger, train_batch_logger)
-            summary.append(f'train loss {loss:.4f} acc {acc:.3f} lr {lr:g} ({seconds:.0f} s)')
-            if epoch % opt.checkpoint == 0:
-                save_checkpoint(opt.result_path, epoch, opt.arch, model, optimizer, scheduler)
+            loss, acc, seconds = train_epoch(epoch, stop.watch(train_loader), model, optimizer,
+                                             lr, train_logger, train_batch_logger, tb_writer)
+            summary.append(f'train loss {loss:.4f} acc {acc:.3f} lr {lr:g} ({seconds:.0f} s'
+                           f'{bad_frames_note(train_loader)})')
         if not opt.no_val:
-            val_loss, val_acc, seconds = val_epoch(epoch, val_loader, model, val_logger)
-            summary.append(f'val loss {val_loss:.4f} acc {val_acc:.3f} ({seconds:.0f} s)')
+            val_loss, val_acc, seconds = val_epoch(epoch, stop.watch(val_loader), model,
+                                                   val_logger, tb_writer)
+            best.update(epoch, val_loss, val_acc)
+            summary.append(f'val loss {val_loss:.4f} acc {val_acc:.3f} ({seconds:.0f} s'
+                           f'{bad_frames_note(val_loader)})')
         if not opt.no_train:
             if opt.lr_scheduler == 'plateau':
                 scheduler.step(val_loss)
             else:
                 scheduler.step()
+            # last in the epoch: a resumed run starts from the stepped scheduler and the scores
+            # of this epoch's validation, as the uninterrupted run does
+            if epoch % opt.checkpoint == 0:
+                save_checkpoint(opt.result_path, epoch, opt.arch, model, optimizer, scheduler,
+                                best)
         tqdm.write('  '.join(summary))
+    if tb_writer is not None:
+        tb_writer.close()
+    if best.acc_epoch:
+        print(best)
 
     if opt.inference:
         inference_loader, class_names = get_inference_utils(opt)
         result_path = opt.result_path / f'{opt.inference_subset}.json'
-        results = inference.inference(inference_loader, model, result_path, class_names,
-                                      opt.inference_no_average, opt.output_topk,
+        results = inference.inference(stop.watch(inference_loader), model, result_path,
+                                      class_names, opt.inference_no_average, opt.output_topk,
                                       backend=opt.inference_backend)
         print(f'inference: {len(results["results"])} {opt.inference_subset} videos -> {result_path}')
 
 
 def main(argv=None):
     opt = get_opt(argv)
-    with LoaderErrors():
-        main_worker(opt)
+    with StopSignals() as stop:
+        try:
+            with LoaderErrors():
+                main_worker(opt, stop)
+        except (Exception, Interrupted):
+            if stop.signum is None:
+                raise
+            # What fails after SIGINT/SIGTERM fails because of it: the data loader, for one,
+            # when a kill of the whole process group has ended its workers.
+            raise Interrupted(stop.signum, f'interrupted by {signal.Signals(stop.signum).name}; '
+                                           f'{resume_hint(opt.result_path)}') from None
 
 
 if __name__ == '__main__':

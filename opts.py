@@ -82,6 +82,10 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument('--input_type', default='rgb', choices=['rgb', 'flow'], help='Input type')
     g.add_argument('--file_type', default='jpg', choices=['jpg', 'hdf5'],
                    help='Frame storage: jpg folders or hdf5 files')
+    g.add_argument('--strict_data', action='store_true',
+                   help='Stop at the first missing or corrupt frame (default: replace it by '
+                        'the nearest readable frame of its video, skip a video without any, '
+                        'warn once per video and count them in the epoch summary)')
 
     g = p.add_argument_group('optimisation')
     g.add_argument('--learning_rate', default=0.1, type=positive_float,
@@ -137,7 +141,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument('--manual_seed', default=1, type=int, help='Random seed')
     g.add_argument('--output_topk', default=5, type=int,
                    help='Top-k scores written per video; <= 0 means all classes')
-    g.add_argument('--tensorboard', action='store_true', help='Write VisualDL logs')
+    g.add_argument('--tensorboard', action='store_true',
+                   help='Write VisualDL scalars under result_path/vdl (pip install visualdl)')
     g.add_argument('--distributed', action='store_true', help='Distributed data-parallel training')
     g.add_argument('--dist_url', default='tcp://127.0.0.1:23456', type=str,
                    help='Rendezvous address of distributed training')

@@ -15,30 +15,40 @@ def calculate_accuracy(outputs: paddle.Tensor, targets: paddle.Tensor) -> float:
 
 
 def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
-                epoch_logger=None, batch_logger=None):
-    """Train `model` for one pass over `data_loader`; returns (mean loss, mean accuracy, seconds)."""
+                epoch_logger=None, batch_logger=None, tb_writer=None):
+    """Train `model` for one pass over `data_loader`; returns (mean loss, mean accuracy, seconds).
+
+    `tb_writer` (a VisualDL LogWriter) gets the loss of every iteration and the epoch's loss,
+    accuracy and learning rate.
+    """
     model.train()
     losses, accuracies = AverageMeter(), AverageMeter()
     start = time.time()
-    bar = tqdm(data_loader, desc=f'train {epoch}', leave=False, dynamic_ncols=True)
-    for i, (inputs, targets) in enumerate(bar):
-        outputs = model(inputs)  # [N, n_classes]
-        loss = F.cross_entropy(outputs, targets)
-        optimizer.clear_grad()
-        loss.backward()
-        optimizer.step()
+    # `with`: the bar is cleared on an interrupt too, before its message is printed
+    with tqdm(data_loader, desc=f'train {epoch}', leave=False, dynamic_ncols=True) as bar:
+        for i, (inputs, targets) in enumerate(bar):
+            outputs = model(inputs)  # [N, n_classes]
+            loss = F.cross_entropy(outputs, targets)
+            optimizer.clear_grad()
+            loss.backward()
+            optimizer.step()
 
-        n = inputs.shape[0]
-        losses.update(float(loss), n)
-        accuracies.update(calculate_accuracy(outputs.detach(), targets), n)
-        if batch_logger is not None:
-            batch_logger.log({'epoch': epoch, 'batch': i + 1,
-                              'iter': (epoch - 1) * len(data_loader) + i + 1,
-                              'loss': losses.val, 'acc': accuracies.val, 'lr': current_lr})
-        bar.set_postfix(loss=f'{losses.avg:.4f}', acc=f'{accuracies.avg:.3f}')
-    bar.close()
+            n = inputs.shape[0]
+            iteration = (epoch - 1) * len(data_loader) + i + 1
+            losses.update(float(loss), n)
+            accuracies.update(calculate_accuracy(outputs.detach(), targets), n)
+            if batch_logger is not None:
+                batch_logger.log({'epoch': epoch, 'batch': i + 1, 'iter': iteration,
+                                  'loss': losses.val, 'acc': accuracies.val, 'lr': current_lr})
+            if tb_writer is not None:
+                tb_writer.add_scalar('train_iter/loss', losses.val, iteration)
+            bar.set_postfix(loss=f'{losses.avg:.4f}', acc=f'{accuracies.avg:.3f}')
 
     if epoch_logger is not None:
         epoch_logger.log({'epoch': epoch, 'loss': losses.avg, 'acc': accuracies.avg,
                           'lr': current_lr})
+    if tb_writer is not None:
+        tb_writer.add_scalar('train/loss', losses.avg, epoch)
+        tb_writer.add_scalar('train/acc', accuracies.avg, epoch)
+        tb_writer.add_scalar('train/lr', current_lr, epoch)  # the reference logged acc here
     return losses.avg, accuracies.avg, time.time() - start

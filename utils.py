@@ -1,9 +1,12 @@
 """Small helpers shared by the loops and scripts: logs, meters, seeds, errors."""
 import csv
+import math
 import os
 import random
+import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -36,16 +39,75 @@ class UserError(Exception):
     """A mistake in the user's input (a path, an option, a file): shown as one line, no traceback."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run; the message says what to do next."""
+
+    def __init__(self, signum: int, message: str = ''):
+        super().__init__(message or f'interrupted by {signal.Signals(signum).name}')
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM ask the run to stop; `watch(loader)` stops it at the next
+    batch by raising `Interrupted`. A second signal raises at once.
+
+    Stopping between batches, rather than wherever the signal lands, leaves Paddle's data loader
+    in a state that shuts its worker processes down cleanly.
+    """
+
+    def __enter__(self):
+        self.signum = None
+        self.previous = {s: signal.signal(s, self._request)
+                         for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False
+
+    def _request(self, signum, frame):
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+
+    def check(self) -> None:
+        """Raise `Interrupted` if a signal arrived."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    def watch(self, loader) -> 'WatchedLoader':
+        return WatchedLoader(loader, self)
+
+
+class WatchedLoader:
+    """A data loader whose iteration calls `stop.check()` before each batch and at its end."""
+
+    def __init__(self, loader, stop: StopSignals):
+        self.loader = loader
+        self.stop = stop
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.stop.check()
+            yield batch
+        self.stop.check()
+
+
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a command-line entry point; a `UserError` ends it with one `error:` line and exit status 1."""
+    """Run a command-line entry point; a `UserError` ends it with one `error:` line and exit status
+    1, an interrupt with one line and 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
     try:
         main()
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print(str(e) or 'interrupted', file=sys.stderr)
+        sys.exit(128 + getattr(e, 'signum', signal.SIGINT))
 
 
 class LoaderErrors:
@@ -71,9 +133,11 @@ class LoaderErrors:
     def __exit__(self, exc_type, exc_value, traceback):
         threading.excepthook = self.previous
         if exc_type is SystemError and self.errors:
-            # the worker's traceback is in the message; its last line is the original error
-            lines = [line for line in str(self.errors[0]).splitlines() if line.strip()]
-            raise UserError(lines[-1].split('UserError: ', 1)[-1]) from exc_value
+            # the worker's traceback is in the message; its last line is the original error,
+            # after its class name
+            error = self.errors[0]
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            raise UserError(lines[-1].split(f'{type(error).__name__}: ', 1)[-1]) from exc_value
         return False
 
 
@@ -91,6 +155,25 @@ class AverageMeter:
         self.sum += val * n
         self.count += n
         self.avg = self.sum / self.count
+
+
+@dataclass
+class BestScores:
+    """The best validation accuracy and the lowest validation loss so far, with their epochs."""
+    acc: float = -math.inf
+    acc_epoch: int = 0
+    loss: float = math.inf
+    loss_epoch: int = 0
+
+    def update(self, epoch: int, loss: float, acc: float) -> None:
+        if acc > self.acc:
+            self.acc, self.acc_epoch = acc, epoch
+        if loss < self.loss:
+            self.loss, self.loss_epoch = loss, epoch
+
+    def __str__(self) -> str:
+        return (f'best val acc {self.acc:.3f} (epoch {self.acc_epoch}), lowest val loss '
+                f'{self.loss:.4f} (epoch {self.loss_epoch})')
 
 
 class Logger:
@@ -131,21 +214,67 @@ def set_seed(seed: int) -> None:
     paddle.seed(seed)
 
 
+def get_rng_state() -> dict:
+    """The states of Python's, NumPy's and Paddle's generators (Paddle's: of the current device).
+
+    NumPy's key is a list, not an array: `paddle.load` turns the arrays of a file into tensors.
+    """
+    import paddle
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {'python': random.getstate(), 'numpy': [name, key.tolist(), pos, has_gauss, gauss],
+            'paddle': paddle.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the generators from `get_rng_state()`."""
+    import paddle
+    random.setstate(state['python'])
+    name, key, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((name, np.asarray(key, np.uint32), pos, has_gauss, gauss))
+    paddle.set_rng_state(state['paddle'])
+
+
 def epoch_seed(manual_seed: int, epoch: int) -> int:
     """The seed of one epoch: a resumed run draws the same crops and order as an uninterrupted one."""
     return manual_seed + 1000003 * epoch
+
+
+def exit_quietly(signum, frame) -> None:
+    os._exit(0)
 
 
 class WorkerSeeder:
     """`worker_init_fn` for `paddle.io.DataLoader`: distinct Python/NumPy seeds per worker and epoch.
 
     Workers are forked when an epoch's iteration starts, so they see the `seed` set just before.
+    Ctrl-C sends SIGINT to every process of the group: workers ignore it, and the main process
+    stops the loader, which ends them. On SIGTERM (a kill of the group, or multiprocessing ending
+    them at exit) they exit at once with status 0: no traceback, and no "worker killed" error
+    in the main process.
     """
 
     def __init__(self, seed: int = 0):
         self.seed = seed
 
     def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, exit_quietly)
         seed = self.seed + 7919 * (worker_id + 1)
         random.seed(seed)
         np.random.seed(seed % 2**32)
+
+
+# VisualDL writes records from a background thread every flush_secs (default 120): a run that is
+# killed keeps all but the last few seconds of its curves.
+VDL_FLUSH_SECONDS = 5
+
+
+def open_writer(log_dir: Path):
+    """VisualDL's LogWriter into `log_dir` (`--tensorboard`); without VisualDL, a UserError saying
+    how to get it. Tags: train/loss, train/acc, train/lr, val/loss, val/acc, train_iter/loss."""
+    try:
+        from visualdl import LogWriter
+    except ImportError as e:
+        raise UserError('--tensorboard writes VisualDL logs and needs VisualDL: '
+                        'pip install visualdl') from e
+    return LogWriter(logdir=str(log_dir), flush_secs=VDL_FLUSH_SECONDS)

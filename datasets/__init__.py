@@ -29,24 +29,29 @@ def _dataset(cls, video_path: Path, annotation_path: Path, subset: str, input_ty
 
 
 def get_training_data(video_path, annotation_path, dataset_name, input_type, file_type,
-                      spatial_transform=None, temporal_transform=None) -> VideoDataset:
+                      spatial_transform=None, temporal_transform=None,
+                      strict_data: bool = False) -> VideoDataset:
     """One random clip per training video and its label."""
     return _dataset(VideoDataset, video_path, annotation_path, 'training', input_type,
-                    file_type, spatial_transform, temporal_transform)
+                    file_type, spatial_transform, temporal_transform, strict_data=strict_data)
 
 
 def get_validation_data(video_path, annotation_path, dataset_name, input_type, file_type,
-                        spatial_transform=None, temporal_transform=None):
+                        spatial_transform=None, temporal_transform=None,
+                        strict_data: bool = False):
     """Several clips per validation video, each with the video's label; and their collate_fn."""
     data = _dataset(VideoDatasetMultiClips, video_path, annotation_path, 'validation',
-                    input_type, file_type, spatial_transform, temporal_transform)
+                    input_type, file_type, spatial_transform, temporal_transform,
+                    strict_data=strict_data)
     return data, collate_fn
 
 
 def get_inference_data(video_path, annotation_path, dataset_name, input_type, file_type,
-                       inference_subset, spatial_transform=None, temporal_transform=None):
+                       inference_subset, spatial_transform=None, temporal_transform=None,
+                       strict_data: bool = False):
     """All sliding-window clips of each video of `inference_subset`, targeted (video_id, segment)."""
     data = _dataset(VideoDatasetMultiClips, video_path, annotation_path,
                     INFERENCE_SUBSETS[inference_subset], input_type, file_type,
-                    spatial_transform, temporal_transform, target_type=['video_id', 'segment'])
+                    spatial_transform, temporal_transform, target_type=['video_id', 'segment'],
+                    strict_data=strict_data)
     return data, collate_fn

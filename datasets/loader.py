@@ -1,4 +1,8 @@
-"""Frame loaders: a video is a folder of `image_00001.jpg, ...` (or an hdf5 file of encoded frames)."""
+"""Frame loaders: a video is a folder of `image_00001.jpg, ...` (or an hdf5 file of encoded frames).
+
+Every loader returns one image per requested index or raises `FrameError` for the first frame
+that is missing or cannot be decoded; the dataset decides what to do about it.
+"""
 import io
 from pathlib import Path
 from typing import Callable, List, Sequence
@@ -8,8 +12,23 @@ from PIL import Image, UnidentifiedImageError
 from utils import UserError
 
 
+class FrameError(UserError):
+    """A frame that is missing or cannot be decoded; the message names the file."""
+
+
 def image_name_formatter(index: int) -> str:
     return f'image_{index:05d}.jpg'
+
+
+def decode_image(data, mode: str, name) -> Image.Image:
+    """Decode an image file or its bytes into `mode` ('RGB', 'L'); FrameError names `name`."""
+    try:
+        with Image.open(data) as img:
+            return img.convert(mode)
+    except UnidentifiedImageError as e:
+        raise FrameError(f'cannot read frame {name}: not an image, or corrupt') from e
+    except (OSError, SyntaxError) as e:  # PIL raises both for truncated or damaged files
+        raise FrameError(f'cannot read frame {name}: {e}') from e
 
 
 class ImageLoaderPIL:
@@ -17,16 +36,15 @@ class ImageLoaderPIL:
 
     def __call__(self, path: Path) -> Image.Image:
         try:
-            with path.open('rb') as f, Image.open(f) as img:
-                return img.convert('RGB')
-        except UnidentifiedImageError as e:
-            raise UserError(f'cannot read frame {path}: not an image, or corrupt') from e
-        except (OSError, SyntaxError) as e:  # PIL raises both for truncated or damaged files
-            raise UserError(f'cannot read frame {path}: {e}') from e
+            f = path.open('rb')
+        except FileNotFoundError as e:
+            raise FrameError(f'frame {path} is missing') from e
+        with f:
+            return decode_image(f, 'RGB', path)
 
 
 class VideoLoader:
-    """Load the frames `frame_indices` of a frame folder; frames that do not exist are left out."""
+    """Load the frames `frame_indices` of a frame folder."""
 
     def __init__(self, image_name_formatter: Callable[[int], str] = image_name_formatter,
                  image_loader: Callable[[Path], Image.Image] = None):
@@ -34,42 +52,41 @@ class VideoLoader:
         self.image_loader = image_loader or ImageLoaderPIL()
 
     def __call__(self, video_path: Path, frame_indices: Sequence[int]) -> List[Image.Image]:
-        video = []
-        for i in frame_indices:
-            image_path = video_path / self.image_name_formatter(i)
-            if image_path.exists():
-                video.append(self.image_loader(image_path))
-        return video
+        return [self.image_loader(video_path / self.image_name_formatter(i))
+                for i in frame_indices]
+
+
+def open_hdf5(video_path: Path):
+    try:
+        import h5py
+    except ImportError as e:
+        raise UserError('--file_type hdf5 needs h5py: pip install h5py') from e
+    return h5py.File(video_path, 'r')
+
+
+def hdf5_frame(frames, i: int, mode: str, video_path: Path) -> Image.Image:
+    """Frame `i` (0-based) of an hdf5 dataset of encoded images."""
+    name = f'{i} of {video_path}'
+    if i >= len(frames):
+        raise FrameError(f'frame {name} is missing: the file has {len(frames)} frames')
+    return decode_image(io.BytesIO(frames[i]), mode, name)
 
 
 class VideoLoaderHDF5:
     """Load frames from an hdf5 file holding encoded images in dataset `video` (0-based)."""
 
     def __call__(self, video_path: Path, frame_indices: Sequence[int]) -> List[Image.Image]:
-        try:
-            import h5py
-        except ImportError as e:
-            raise UserError('--file_type hdf5 needs h5py: pip install h5py') from e
-        with h5py.File(video_path, 'r') as f:
-            video_data = f['video']
-            return [Image.open(io.BytesIO(video_data[i])).convert('RGB')
-                    for i in frame_indices if i < len(video_data)]
+        with open_hdf5(video_path) as f:
+            return [hdf5_frame(f['video'], i, 'RGB', video_path) for i in frame_indices]
 
 
 class VideoLoaderFlowHDF5:
     """Load optical-flow frames (datasets `video_u`, `video_v`) as RGB images whose B channel repeats v."""
 
     def __call__(self, video_path: Path, frame_indices: Sequence[int]) -> List[Image.Image]:
-        try:
-            import h5py
-        except ImportError as e:
-            raise UserError('--file_type hdf5 needs h5py: pip install h5py') from e
-        with h5py.File(video_path, 'r') as f:
-            flows = [f['video_u'], f['video_v']]
+        with open_hdf5(video_path) as f:
             video = []
             for i in frame_indices:
-                if i >= len(flows[0]):
-                    break
-                u, v = (Image.open(io.BytesIO(flow[i])).convert('L') for flow in flows)
+                u, v = (hdf5_frame(f[name], i, 'L', video_path) for name in ('video_u', 'video_v'))
                 video.append(Image.merge('RGB', (u, v, v)))
             return video

@@ -1,13 +1,17 @@
 """Datasets of trimmed videos described by an ActivityNet-style annotation json (SPEC.md section 2)."""
 import json
+import multiprocessing
 import warnings
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
 from utils import UserError
-from .loader import VideoLoader
+from .loader import FrameError, VideoLoader
+
+# Bad frames named in one warning; the rest of the clip's are counted.
+MAX_FRAMES_NAMED = 3
 
 
 def default_video_path_formatter(root_path: Path, label: str, video_id: str) -> Path:
@@ -49,6 +53,86 @@ def get_database(data: dict, subset: str, root_path: Path, video_path_formatter:
     return video_ids, video_paths, annotations
 
 
+class NoReadableFrame(UserError):
+    """None of the frames of a video can be read."""
+
+
+def nearest_readable_frames(loader: Callable, video_path: Path, frame_indices: Sequence[int],
+                            video_indices: Sequence[int]) -> Tuple[list, List[FrameError]]:
+    """The frames `frame_indices` of a video, each unreadable one replaced by the nearest readable
+    frame among `video_indices` (the earlier one on a tie); and the errors of the replaced frames.
+
+    Frames are read one at a time, each at most once. Raises NoReadableFrame when no frame of
+    `video_indices` can be read.
+    """
+    read = {}  # index -> image or FrameError
+
+    def frame(i):
+        if i not in read:
+            try:
+                read[i] = loader(video_path, [i])[0]
+            except FrameError as e:
+                read[i] = e
+        return read[i]
+
+    def nearest_readable(i):
+        for j in sorted(video_indices, key=lambda j: (abs(j - i), j)):
+            if not isinstance(frame(j), FrameError):
+                return frame(j)
+        raise NoReadableFrame(f'no readable frame in {video_path} ({frame(i)})')
+
+    frames, errors = [], {}
+    for i in frame_indices:
+        if isinstance(frame(i), FrameError):
+            errors[i] = frame(i)
+            frames.append(nearest_readable(i))
+        else:
+            frames.append(frame(i))
+    return frames, list(errors.values())
+
+
+class BadFrameLog:
+    """Replaced frames and skipped videos of a dataset: counted, and warned about once per video.
+
+    The loader's worker processes are forked from the dataset of the main process each epoch;
+    the counts and the flags of the videos warned about are in shared memory, so that they add
+    up over all workers and epochs.
+    """
+
+    def __init__(self, n_videos: int):
+        self._counts = multiprocessing.Array('q', 2)  # frames replaced, videos skipped
+        self._warned = multiprocessing.RawArray('b', n_videos)  # 1: warned about this video
+
+    def frames_replaced(self, index: int, video_id: str, errors: List[FrameError]) -> None:
+        self._add(0, len(errors))
+        named = '; '.join(str(e) for e in errors[:MAX_FRAMES_NAMED])
+        if len(errors) > MAX_FRAMES_NAMED:
+            named += f'; and {len(errors) - MAX_FRAMES_NAMED} more'
+        self._warn_once(index, f'video {video_id}: bad frames replaced by the nearest readable '
+                               f'frame ({len(errors)} in this clip): {named}')
+
+    def video_skipped(self, index: int, video_id: str, error: NoReadableFrame) -> None:
+        self._add(1, 1)
+        self._warn_once(index, f'video {video_id} is skipped, the next video takes its place: '
+                               f'{error}')
+
+    def take(self) -> Tuple[int, int]:
+        """(frames replaced, videos skipped) since the last call."""
+        with self._counts.get_lock():
+            counts = tuple(self._counts)
+            self._counts[:] = [0, 0]
+        return counts
+
+    def _add(self, which: int, n: int) -> None:
+        with self._counts.get_lock():
+            self._counts[which] += n
+
+    def _warn_once(self, index: int, message: str) -> None:
+        if not self._warned[index]:
+            self._warned[index] = 1
+            warnings.warn(message, stacklevel=3)
+
+
 def _needs_label(target_type) -> bool:
     return 'label' in (target_type if isinstance(target_type, list) else [target_type])
 
@@ -57,16 +141,20 @@ class VideoDataset:
     """One clip per video (training): `(clip [C, T, H, W] float32, target)`.
 
     A video whose folder is missing, or whose segment has no frames, is skipped; the count of
-    skipped videos is reported once. A clip whose frames are partly missing is padded by
-    looping over the frames it has (the reference silently returns a short clip).
+    skipped videos is reported once. A frame that is missing or corrupt is replaced by the
+    nearest readable frame of its video (the reference silently returns a short clip or
+    fails), and a video without any readable frame gives its place to the next video; both are
+    warned about once per video and counted in `bad_frames`. `strict_data=True` makes the first
+    bad frame an error instead.
     """
 
     def __init__(self, root_path: Path, annotation_path: Path, subset: str,
                  spatial_transform=None, temporal_transform=None, target_transform=None,
                  video_loader=None, video_path_formatter=default_video_path_formatter,
-                 image_name_formatter=None, target_type='label'):
+                 image_name_formatter=None, target_type='label', strict_data: bool = False):
         self.subset = subset
         self.target_type = target_type
+        self.strict_data = strict_data
         self.data, self.class_names = self._make_dataset(
             Path(root_path), Path(annotation_path), subset, video_path_formatter)
         self.spatial_transform = spatial_transform
@@ -78,7 +166,7 @@ class VideoDataset:
             self.loader = VideoLoader(image_name_formatter)
         else:
             self.loader = VideoLoader()
-        self._warned_short = set()
+        self.bad_frames = BadFrameLog(len(self.data))
 
     def _make_dataset(self, root_path, annotation_path, subset, video_path_formatter):
         data = load_annotation(annotation_path)
@@ -127,23 +215,46 @@ class VideoDataset:
                             f'under {root_path}')
         return dataset, idx_to_class
 
-    def load_clip(self, sample: dict, frame_indices: Sequence[int]) -> np.ndarray:
-        """Load and transform the frames of one clip: [C, T, H, W] with T = len(frame_indices)."""
-        frames = self.loader(sample['video'], frame_indices)
-        if not frames:
-            raise UserError(f'video {sample["video_id"]}: none of frames '
-                            f'{frame_indices[0]}..{frame_indices[-1]} exist in {sample["video"]}')
-        if len(frames) < len(frame_indices):
-            if sample['video_id'] not in self._warned_short:
-                self._warned_short.add(sample['video_id'])
-                warnings.warn(f'video {sample["video_id"]}: {len(frame_indices) - len(frames)} '
-                              f'of {len(frame_indices)} frames missing in {sample["video"]}; '
-                              'padding the clip by looping', stacklevel=2)
-            frames = [frames[i % len(frames)] for i in range(len(frame_indices))]
+    def __getitem__(self, index: int):
+        """The sample of video `index`; a video without a readable frame gives way to the next."""
+        for offset in range(len(self.data)):
+            i = (index + offset) % len(self.data)
+            try:
+                return self.get_sample(i)
+            except NoReadableFrame as e:
+                self.bad_frames.video_skipped(i, self.data[i]['video_id'], e)
+        raise UserError(f'none of the {len(self.data)} {self.subset} videos has a readable frame')
+
+    def get_sample(self, index: int):
+        """(clip [C, T, H, W], target) of video `index`."""
+        sample = self.data[index]
+        frame_indices = sample['frame_indices']
+        if self.temporal_transform is not None:
+            frame_indices = self.temporal_transform(frame_indices)
+        return self.load_clip(index, frame_indices), self.get_target(sample)
+
+    def load_clip(self, index: int, frame_indices: Sequence[int]) -> np.ndarray:
+        """Load and transform the frames of one clip of video `index`: [C, T, H, W] with
+        T = len(frame_indices)."""
+        frames = self.read_frames(index, frame_indices)
         if self.spatial_transform is not None:
             self.spatial_transform.randomize_parameters()
             frames = [self.spatial_transform(img) for img in frames]
         return np.stack(frames, axis=1)
+
+    def read_frames(self, index: int, frame_indices: Sequence[int]) -> list:
+        """The frames of a clip; a missing or corrupt one is an error with `strict_data`, else it
+        is replaced by the nearest readable frame of the video."""
+        sample = self.data[index]
+        try:
+            return self.loader(sample['video'], frame_indices)
+        except FrameError:
+            if self.strict_data:
+                raise
+        frames, errors = nearest_readable_frames(self.loader, sample['video'], frame_indices,
+                                                 sample['frame_indices'])
+        self.bad_frames.frames_replaced(index, sample['video_id'], errors)
+        return frames
 
     def get_target(self, sample: dict):
         if isinstance(self.target_type, list):
@@ -151,13 +262,6 @@ class VideoDataset:
         else:
             target = sample[self.target_type]
         return target if self.target_transform is None else self.target_transform(target)
-
-    def __getitem__(self, index: int):
-        sample = self.data[index]
-        frame_indices = sample['frame_indices']
-        if self.temporal_transform is not None:
-            frame_indices = self.temporal_transform(frame_indices)
-        return self.load_clip(sample, frame_indices), self.get_target(sample)
 
     def __len__(self) -> int:
         return len(self.data)

@@ -26,12 +26,13 @@ class VideoDatasetMultiClips(VideoDataset):
     frame segment.
     """
 
-    def __getitem__(self, index: int):
+    def get_sample(self, index: int):
+        """([clip [C, T, H, W], ...], [target, ...]) of video `index`."""
         sample = self.data[index]
         clip_indices = sample['frame_indices']
         if self.temporal_transform is not None:
             clip_indices = self.temporal_transform(clip_indices)
-        clips = [self.load_clip(sample, indices) for indices in clip_indices]
+        clips = [self.load_clip(index, indices) for indices in clip_indices]
         segments = [[min(indices), max(indices) + 1] for indices in clip_indices]
 
         target = self.get_target(sample)

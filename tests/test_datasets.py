@@ -71,13 +71,57 @@ def test_short_video_is_padded_by_looping(tree):
     assert frame_numbers(clip) == [1, 2, 3, 1]
 
 
-def test_missing_frames_inside_a_clip_are_looped_and_warned(tree):
+def test_missing_frame_is_replaced_by_the_nearest_readable_one(tree):
     root, annotation = tree
     (root / 'a' / 'long' / 'image_00002.jpg').unlink()
     data = training_data(root, annotation)
-    with pytest.warns(UserWarning, match='long: 1 of 4 frames missing'):
+    with pytest.warns(UserWarning, match=r'video long: .*\(1 in this clip\): frame .*'
+                                         r'image_00002.jpg is missing'):
         clip, _ = data[0]
-    assert frame_numbers(clip) == [1, 3, 4, 1]
+    assert frame_numbers(clip) == [1, 1, 3, 4]  # a tie between 1 and 3 goes to the earlier
+    assert data.bad_frames.take() == (1, 0)
+    assert data.bad_frames.take() == (0, 0)
+
+
+def test_bad_frames_are_warned_once_per_video_and_counted_every_time(tree):
+    root, annotation = tree
+    for i in (1, 2, 3, 4):
+        (root / 'a' / 'long' / f'image_{i:05d}.jpg').write_bytes(b'not a jpeg')
+    data = training_data(root, annotation)
+    with pytest.warns(UserWarning) as record:
+        clips = [data[0][0], data[0][0]]
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1
+    assert 'image_00001.jpg: not an image, or corrupt' in messages[0]
+    assert 'and 1 more' in messages[0]  # 3 of the 4 bad frames are named
+    for clip in clips:  # frames 1..4 unreadable: frame 5 is the nearest readable for all
+        assert frame_numbers(clip) == [5, 5, 5, 5]
+    assert data.bad_frames.take() == (8, 0)
+
+
+def test_video_without_readable_frames_gives_way_to_the_next(tree):
+    root, annotation = tree
+    for frame in (root / 'a' / 'long').iterdir():
+        frame.write_bytes(b'')
+    data = training_data(root, annotation)
+    with pytest.warns(UserWarning, match='video long is skipped, the next video takes its place: '
+                                         'no readable frame in .*long'):
+        clip, label = data[0]
+    assert label == 1 and frame_numbers(clip) == [1, 2, 3, 1]  # the sample of video 'short'
+    assert data.bad_frames.take() == (0, 1)
+
+
+def test_strict_data_stops_at_the_first_bad_frame(tree):
+    root, annotation = tree
+    (root / 'a' / 'long' / 'image_00003.jpg').write_bytes(b'not a jpeg')
+    (root / 'a' / 'long' / 'image_00004.jpg').unlink()
+    data = get_training_data(root, annotation, 'ucf101', 'rgb', 'jpg', Compose([ToTensor()]),
+                             TemporalBeginCrop(4), strict_data=True)
+    with pytest.raises(UserError, match=r'cannot read frame .*long/image_00003.jpg: not an image'):
+        data[0]
+    (root / 'a' / 'long' / 'image_00003.jpg').unlink()
+    with pytest.raises(UserError, match=r'frame .*long/image_00003.jpg is missing'):
+        data[0]
 
 
 def test_video_path_override_and_multiclip_collate(tree):
@@ -131,10 +175,3 @@ def test_empty_subset_and_missing_annotation_are_errors(tree, tmp_path):
     bad.write_text('{')
     with pytest.raises(UserError, match='not valid json'):
         training_data(root, bad)
-
-
-def test_corrupt_frame_names_the_file(tree):
-    root, annotation = tree
-    (root / 'a' / 'long' / 'image_00001.jpg').write_bytes(b'not a jpeg')
-    with pytest.raises(UserError, match='image_00001.jpg'):
-        training_data(root, annotation)[0]

@@ -153,7 +153,7 @@ def test_corrupt_frame_in_a_loader_worker_ends_with_one_line(motion_data, tmp_pa
         frame.write_bytes(b'not a jpeg')
     result = cli('--video_path', str(broken), '--annotation_path', str(annotation_path),
                  '--result_path', str(tmp_path / 'out'), *TINY, '--n_threads', '2',
-                 '--n_epochs', '1')
+                 '--n_epochs', '1', '--strict_data')
     assert result.returncode == 1
     assert 'Traceback' not in result.stderr
     last = result.stderr.strip().splitlines()[-1]

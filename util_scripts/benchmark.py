@@ -1,7 +1,8 @@
 """Clips per second and peak memory of training, inference and the data pipeline, beside PyTorch.
 
     python -m util_scripts.benchmark [--model_depth 18 50] [--batch_size 8] [--sample_duration 16]
-        [--sample_size 112] [--repeats 5] [--jobs train infer data] [--threads N] [--quick]
+        [--sample_size 112] [--repeats 5] [--jobs train infer data loader_memory] [--threads N]
+        [--quick]
 
 Every measurement runs in a subprocess of its own, so that its peak RSS (getrusage) is its own;
 the subprocess sets the math threads and the MKL switch before it imports Paddle or PyTorch, the
@@ -12,6 +13,9 @@ way main.py does. Rows:
             multiply-adds of the convolutions and the classifier (x2), against the matmul peak
     data    one training clip per process: 16 JPEG frames (320x240, written to a temporary
             folder) -> random resized crop -> flip -> normalized array [C, T, H, W]
+    loader_memory (only when asked for with --jobs) peak memory of each of 5 epochs of main.py's
+            training loader with 4 worker processes over --loader_videos such clips, and its
+            growth from epoch 2 to 5
 
 When PyTorch is importable, the same jobs run with a PyTorch 3D ResNet of the reference's layout
 (written below) and the reference's data pipeline (PIL decode + torchvision's PIL operations and
@@ -31,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -44,6 +49,7 @@ RESULT_TAG = 'BENCHMARK_RESULT '
 N_CLASSES = 400  # Kinetics-400, the reference's default
 FRAME_SIZE = (320, 240)  # (width, height) of the frames of UCF-101 / HMDB-51 / Kinetics after resizing
 MATMUL_SIZE = 2048
+LOADER_WORKERS, LOADER_EPOCHS = 4, 5  # the loader_memory job
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,8 +271,8 @@ def clip_reader(case: dict, fn: Callable[[int], object]) -> Callable[[], None]:
     return read
 
 
-def project_data(case: dict, folder: Path, annotation: Path) -> Callable[[], None]:
-    """This project's training pipeline, built by main.py's functions."""
+def project_dataset(case: dict, folder: Path, annotation: Path):
+    """This project's training data set and pipeline, built by main.py's functions."""
     import main
     from datasets import get_training_data
     from opts import parse_opts
@@ -280,8 +286,12 @@ def project_data(case: dict, folder: Path, annotation: Path) -> Callable[[], Non
                               (opt.train_crop_min_ratio, 1.0 / opt.train_crop_min_ratio))]
     spatial = main.get_spatial_transform(opt, crop, [RandomHorizontalFlip()])
     temporal = main.get_temporal_transform(opt, TemporalRandomCrop(opt.sample_duration))
-    data = get_training_data(opt.video_path, opt.annotation_path, opt.dataset, 'rgb', 'jpg',
+    return get_training_data(opt.video_path, opt.annotation_path, opt.dataset, 'rgb', 'jpg',
                              spatial, temporal)
+
+
+def project_data(case: dict, folder: Path, annotation: Path) -> Callable[[], None]:
+    data = project_dataset(case, folder, annotation)
     return clip_reader(case, lambda i: data[i])
 
 
@@ -329,11 +339,68 @@ def data_pipeline(case: dict) -> dict:
     return dict(result, clips_per_call=case['clips_per_repeat'])
 
 
+def process_tree_pss_mb(pid: int) -> float:
+    """Proportional set size of a process and its descendants in MiB (shared pages split)."""
+    total = 0
+    try:
+        with open(f'/proc/{pid}/smaps_rollup') as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith('Pss:')) / 1024
+        with open(f'/proc/{pid}/task/{pid}/children') as f:
+            children = [int(child) for child in f.read().split()]
+    except (OSError, StopIteration):  # the process ended meanwhile
+        return total
+    return total + sum(process_tree_pss_mb(child) for child in children)
+
+
+class PeakMemory:
+    """While active, samples this process's RSS and its process tree's PSS every 10 ms; keeps the
+    peaks."""
+
+    def __enter__(self):
+        self.rss = self.pss = 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.01):
+            self.rss = max(self.rss, rss_mb())
+            self.pss = max(self.pss, process_tree_pss_mb(os.getpid()))
+
+    def __exit__(self, *exc_info):
+        self.done.set()
+        self.thread.join()
+
+
+def loader_memory(case: dict) -> dict:
+    """Peak memory of each epoch of main.py's training loader with `case['workers']` workers."""
+    import main
+    with tempfile.TemporaryDirectory() as folder:
+        annotation = write_videos(Path(folder), case['n_videos'], case['n_frames'],
+                                  case['frame_size'])
+        data = project_dataset(case, Path(folder), annotation)
+        opt = argparse.Namespace(n_threads=case['workers'], manual_seed=1)
+        loader = main.make_loader(data, case['batch_size'], True, opt)
+        result = {'main_rss': [], 'tree_pss': [], 'seconds': []}
+        for epoch in range(1, case['epochs'] + 1):
+            loader.seeder.seed = main.epoch_seed(opt.manual_seed, epoch)
+            start = time.perf_counter()
+            with PeakMemory() as peak:
+                for _ in loader:
+                    pass
+            result['seconds'].append(time.perf_counter() - start)
+            result['main_rss'].append(peak.rss)
+            result['tree_pss'].append(peak.pss)
+    return dict(result, base_rss=0.0)
+
+
 MEASURES = {
     ('paddle', 'train'): paddle_train, ('paddle', 'infer'): paddle_infer,
     ('paddle', 'matmul'): paddle_matmul, ('paddle', 'data'): data_pipeline,
     ('torch', 'train'): torch_train, ('torch', 'infer'): torch_infer,
     ('torch', 'matmul'): torch_matmul, ('torch', 'data'): data_pipeline,
+    ('paddle', 'loader_memory'): loader_memory,
 }
 
 
@@ -407,6 +474,11 @@ def make_cases(args, with_torch: bool) -> List[dict]:
         cases += [dict(shape, job='matmul', impl=impl, depth=None, matmul_size=args.matmul_size,
                        backend='')
                   for impl in impls]
+    if 'loader_memory' in args.jobs:
+        cases.append(dict(shape, job='loader_memory', impl='paddle', depth=None,
+                          backend=f'{LOADER_WORKERS} workers', workers=LOADER_WORKERS,
+                          epochs=LOADER_EPOCHS, n_videos=args.loader_videos,
+                          n_frames=max(args.sample_duration * 2, 8), frame_size=args.frame_size))
     return cases
 
 
@@ -441,7 +513,7 @@ def make_rows(cases: List[dict], results: List[dict]) -> List[dict]:
     torch_speed = {}
     rows = []
     for case, result in zip(cases, results):
-        if case['job'] == 'matmul':
+        if case['job'] in ('matmul', 'loader_memory'):
             continue
         row = dict(job=case['job'], model=f'R3D-{case["depth"]}' if case['depth'] else '-',
                    impl=f'{case["impl"]} {case["backend"]}', error=result.get('error'),
@@ -462,7 +534,7 @@ def make_rows(cases: List[dict], results: List[dict]) -> List[dict]:
             if case['impl'] == 'torch':
                 torch_speed[case['job'], case['depth']] = row['speed']
         rows.append(row)
-    for row, case in zip(rows, [c for c in cases if c['job'] != 'matmul']):
+    for row, case in zip(rows, [c for c in cases if c['job'] not in ('matmul', 'loader_memory')]):
         reference = torch_speed.get((case['job'], case['depth']))
         if reference and row.get('speed') and case['impl'] == 'paddle':
             row['ratio'] = row['speed'] / reference
@@ -483,12 +555,33 @@ def format_table(rows: List[dict]) -> str:
                       f'{r["gflops"]:.0f}' if 'gflops' in r else '',
                       f'{100 * r["of_peak"]:.0f}%' if 'of_peak' in r else '',
                       f'{r["peak_rss"]:.0f}', f'{r["step_rss"]:.0f}'])
+    return markdown_table(header, lines)
+
+
+def markdown_table(header: List[str], lines: List[list]) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
     out = ['| ' + ' | '.join(h.ljust(w) for h, w in zip(header, widths)) + ' |',
            '|' + '|'.join('-' * (w + 2) for w in widths) + '|']
     out += ['| ' + ' | '.join(str(x).ljust(w) for x, w in zip(line, widths)) + ' |'
             for line in lines]
     return '\n'.join(out)
+
+
+def format_loader_memory(case: dict, result: dict) -> str:
+    """Peak memory of each epoch of the loader_memory job, and its growth from epoch 2 on."""
+    title = (f'loader, {case["workers"]} workers, {case["n_videos"]} clips/epoch')
+    if 'error' in result:
+        return markdown_table([title], [['error: ' + result['error']]])
+    epochs = len(result['seconds'])
+    header = [title] + [f'epoch {e}' for e in range(1, epochs + 1)] + [f'growth 2->{epochs}']
+    lines = []
+    for name, key in (('peak RSS MB, main process', 'main_rss'),
+                      ('peak PSS MB, main + workers', 'tree_pss')):
+        values = result[key]
+        lines.append([name] + [f'{v:.0f}' for v in values]
+                     + [f'{100 * (values[-1] / values[1] - 1):+.1f}%'])
+    lines.append(['seconds'] + [f'{v:.1f}' for v in result['seconds']] + [''])
+    return markdown_table(header, lines)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -499,8 +592,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument('--sample_size', type=int, default=112)
     p.add_argument('--repeats', type=int, default=5, help='timed calls after warm-up; median shown')
     p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--jobs', nargs='+', choices=['train', 'infer', 'data'],
-                   default=['train', 'infer', 'data'])
+    p.add_argument('--jobs', nargs='+', choices=['train', 'infer', 'data', 'loader_memory'],
+                   default=['train', 'infer', 'data'],
+                   help=f'loader_memory: peak memory of each of {LOADER_EPOCHS} epochs of the '
+                        f'training loader with {LOADER_WORKERS} workers')
+    p.add_argument('--loader_videos', type=int, default=128,
+                   help='clips per epoch of the loader_memory job')
     p.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)),
                    help='math threads of Paddle and PyTorch (default: the usable cores)')
     p.add_argument('--no_mkl_fix', dest='mkl_fix', action='store_false',
@@ -526,6 +623,7 @@ def main(argv=None) -> None:
         args.model_depth, args.batch_size, args.sample_duration, args.sample_size = [10], 2, 4, 32
         args.repeats, args.warmup = 1, 1
         args.frame_size, args.clips_per_repeat, args.matmul_size = (64, 48), 2, 256
+        args.loader_videos = 8
     with_torch = not args.no_torch and importlib.util.find_spec('torch') is not None
     cases = make_cases(args, with_torch)
     load = os.getloadavg()[0]
@@ -535,15 +633,26 @@ def main(argv=None) -> None:
           f'{args.sample_size}, {args.sample_size}]', file=sys.stderr)
     results = run_cases(cases, args)
     rows, peak = make_rows(cases, results)
-    print(format_table(rows))
-    notes = [f'clips/s: median of {args.repeats} timed calls after {args.warmup} warm-up calls; '
-             'range: slowest-fastest call']
+    if rows:
+        print(format_table(rows))
+    for case, result in zip(cases, results):
+        if case['job'] == 'loader_memory':
+            print(format_loader_memory(case, result))
+    notes = []
+    if rows:
+        notes.append(f'clips/s: median of {args.repeats} timed calls after {args.warmup} warm-up '
+                     'calls; range: slowest-fastest call')
     if peak:
         notes.append(f'% peak: of the fastest {args.matmul_size}^3 float32 matmul call measured '
                      f'here ({peak:.0f} GFLOP/s); train GFLOP/s count 3x the forward FLOPs')
-    notes.append('peak RSS: of the subprocess' + (' (all cases of a framework share one '
-                                                  'with --quick)' if args.quick else '')
-                 + '; job RSS: its growth from just before the first call')
+    if rows:
+        notes.append('peak RSS: of the subprocess' + (' (all cases of a framework share one '
+                                                      'with --quick)' if args.quick else '')
+                     + '; job RSS: its growth from just before the first call')
+    if 'loader_memory' in args.jobs:
+        notes.append('loader memory: peaks sampled every 10 ms while an epoch of batches is read '
+                     '(no model); PSS splits the pages the forked workers share with the main '
+                     'process')
     notes.append(f'load average before the run: {load:.2f}, after: {os.getloadavg()[0]:.2f}')
     print('\n'.join(notes))
 

@@ -1,0 +1,53 @@
+"""main.py --tensorboard: VisualDL scalars under {result_path}/vdl, the values of the tsv logs."""
+import csv
+import sys
+
+import pytest
+
+import main
+from utils import UserError
+
+TINY = ['--dataset', 'ucf101', '--n_classes', '2', '--model_depth', '10', '--sample_size', '32',
+        '--sample_duration', '8', '--batch_size', '8', '--learning_rate', '0.01',
+        '--multistep_milestones', '2', '--n_val_samples', '2', '--n_threads', '0']
+
+
+def run(motion_data, result_path, *args):
+    video_path, annotation_path = motion_data
+    main.main(['--video_path', str(video_path), '--annotation_path', str(annotation_path),
+               '--result_path', str(result_path), *TINY, *args])
+
+
+def read_log(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f, delimiter='\t'))
+
+
+def test_scalars_read_back_equal_the_logs(motion_data, tmp_path):
+    pytest.importorskip('visualdl', reason='VisualDL is an optional extra: pip install visualdl')
+    from visualdl import LogReader
+    run(motion_data, tmp_path, '--n_epochs', '3', '--tensorboard')
+    records = list((tmp_path / 'vdl').glob('vdlrecords.*.log'))
+    assert len(records) == 1
+    reader = LogReader(file_path=str(records[0]))
+
+    def scalars(tag):
+        return [(record.id, record.value) for record in reader.get_data('scalar', tag)]
+
+    train, val = read_log(tmp_path / 'train.log'), read_log(tmp_path / 'val.log')
+    batches = read_log(tmp_path / 'train_batch.log')
+    for tag, log, column in (('train/loss', train, 'loss'), ('train/acc', train, 'acc'),
+                             ('train/lr', train, 'lr'), ('val/loss', val, 'loss'),
+                             ('val/acc', val, 'acc'), ('train_iter/loss', batches, 'loss')):
+        step = 'iter' if tag.startswith('train_iter') else 'epoch'
+        expected = [(int(row[step]), pytest.approx(float(row[column]), rel=1e-6)) for row in log]
+        assert scalars(tag) == expected, tag
+    assert [lr for _, lr in scalars('train/lr')] == pytest.approx([0.01, 0.01, 0.001], rel=1e-6)
+    assert len(scalars('train_iter/loss')) == 3 * 4  # 32 clips / batch 8 an epoch
+
+
+def test_without_visualdl_the_flag_says_how_to_install_it(motion_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'visualdl', None)  # as if it were not installed
+    with pytest.raises(UserError, match='pip install visualdl'):
+        run(motion_data, tmp_path, '--n_epochs', '1', '--tensorboard')
+    assert not (tmp_path / 'train.log').exists()  # before any training
