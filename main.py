@@ -83,13 +83,8 @@ def get_opt(argv=None):
     if opt.distributed:
         raise UserError('--distributed is not supported yet; train on one process')
 
-    opt.arch = f'{opt.model}-{opt.model_depth}'
+    resolve_model_input(opt)
     opt.begin_epoch = 1
-    opt.mean, opt.std = get_mean_std(opt.value_scale, dataset=opt.mean_dataset)
-    opt.n_input_channels = 3
-    if opt.input_type == 'flow':
-        opt.n_input_channels = 2
-        opt.mean, opt.std = opt.mean[:2], opt.std[:2]
 
     try:  # also the check that the result folder is writable, before anything runs
         opt.result_path.mkdir(parents=True, exist_ok=True)
@@ -98,6 +93,14 @@ def get_opt(argv=None):
     except OSError as e:
         raise UserError(f'cannot write to --result_path {opt.result_path}: {e}') from e
     return opt
+
+
+def resolve_model_input(opt) -> None:
+    """Set `arch`, `n_input_channels` (flow: 2) and the normalisation `mean`/`std` of the options."""
+    opt.arch = f'{opt.model}-{opt.model_depth}'
+    opt.n_input_channels = 2 if opt.input_type == 'flow' else 3
+    mean, std = get_mean_std(opt.value_scale, dataset=opt.mean_dataset)
+    opt.mean, opt.std = mean[:opt.n_input_channels], std[:opt.n_input_channels]
 
 
 def get_normalize_method(mean, std, no_mean_norm: bool, no_std_norm: bool) -> Normalize:

@@ -31,13 +31,12 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 # main first: it sets the CPU math environment and imports paddle without its start-up notes
-from main import get_normalize_method
+from main import get_normalize_method, resolve_model_input
 import paddle
 from datasets.videodataset import load_annotation
 from inference import fold_batch_norm, quiet_native_stderr
 from model import check_state_dict, classifier_name, generate_model, load_state_dict
 from opts import get_parser
-from spatial_transforms import get_mean_std
 from utils import UserError, run_cli
 
 PROGRAM_PREFIX = 'inference'  # inference.json / .pdmodel + inference.pdiparams
@@ -76,10 +75,7 @@ def parse_model_opts(argv: Sequence[str], opts_path: Optional[Path],
         parser.set_defaults(**{key: value for key, value in read_run_opts(opts_path).items()
                                if key in known and key != 'root_path'})
     opt = parser.parse_args(argv)
-    opt.arch = f'{opt.model}-{opt.model_depth}'
-    opt.n_input_channels = 2 if opt.input_type == 'flow' else 3
-    mean, std = get_mean_std(opt.value_scale, dataset=opt.mean_dataset)
-    opt.mean, opt.std = mean[:opt.n_input_channels], std[:opt.n_input_channels]
+    resolve_model_input(opt)
     return opt
 
 
