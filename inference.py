@@ -214,13 +214,30 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return F.softmax(paddle.to_tensor(logits), axis=1).numpy()
 
 
-def inference(data_loader, model, result_path: Path, class_names: Dict[int, str],
+def gather_clip_scores(clip_scores: dict, dataset) -> dict:
+    """The clip scores of all processes of a data-parallel run, each of which ran a shard of the
+    videos, in the order of `dataset.data` (that of a single-process run)."""
+    import paddle.distributed as dist
+    if dist.get_world_size() == 1:
+        return clip_scores
+    parts = []
+    dist.all_gather_object(parts, dict(clip_scores))
+    merged = {video_id: clips for part in parts for video_id, clips in part.items()}
+    order = [sample['video_id'] for sample in getattr(dataset, 'data', [])]
+    ordered = {video_id: merged.pop(video_id) for video_id in order if video_id in merged}
+    ordered.update(merged)
+    return ordered
+
+
+def inference(data_loader, model, result_path: Optional[Path], class_names: Dict[int, str],
               no_average: bool, output_topk: int, backend: str = 'auto') -> dict:
-    """Softmax every clip, average over each video's clips (unless `no_average`), write json.
+    """Softmax every clip, average over each video's clips (unless `no_average`), write json
+    (unless `result_path` is None).
 
     The json is `{"results": {video_id: [{"label", "score"}, ...]}}`, or with `no_average`
     `{"results": {video_id: [{"segment": [begin, end], "result": [...]}, ...]}}`.
-    `backend` is one of `BACKENDS` (see `make_logits_fn`).
+    `backend` is one of `BACKENDS` (see `make_logits_fn`). In a data-parallel run each process
+    scores its shard and all return the results of every video.
     """
     model.eval()
     logits = None  # built at the first batch, which tells the number of input channels
@@ -232,6 +249,7 @@ def inference(data_loader, model, result_path: Path, class_names: Dict[int, str]
         scores = softmax(logits(clips))
         for (video_id, segment), video_scores in zip(targets, scores):
             clip_scores[video_id].append((list(segment), video_scores))
+    clip_scores = gather_clip_scores(clip_scores, getattr(data_loader, 'dataset', None))
 
     results = {}
     for video_id, clips in clip_scores.items():
@@ -243,6 +261,7 @@ def inference(data_loader, model, result_path: Path, class_names: Dict[int, str]
             mean = np.mean([s for _, s in clips], axis=0)
             results[video_id] = get_video_results(mean, class_names, output_topk)
     inference_results = {'results': results}
-    with Path(result_path).open('w') as f:
-        json.dump(inference_results, f)
+    if result_path is not None:
+        with Path(result_path).open('w') as f:
+            json.dump(inference_results, f)
     return inference_results

@@ -1,14 +1,18 @@
 """Fine-tune, validate and run inference with a 3D CNN: the toolkit's one entry point."""
+import os
+
 from utils import set_cpu_math_env
 
 # math threads = usable cores, MKL's fast path on AMD (utils.set_cpu_math_env): before `import paddle`
 set_cpu_math_env()
+# one progress bar in a data-parallel run, the master's; tqdm reads this when it is imported
+if os.environ.get('PADDLE_TRAINER_ID', '0') != '0':
+    os.environ.setdefault('TQDM_DISABLE', '1')
 
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -41,8 +45,8 @@ from temporal_transforms import (SlidingWindow, TemporalCenterCrop, TemporalEven
                                  TemporalRandomCrop, TemporalSubsampling)
 from training import train_epoch  # noqa: E402
 from utils import (BestScores, Interrupted, LoaderErrors, Logger, StopSignals,  # noqa: E402
-                   UserError, WorkerSeeder, epoch_seed, get_rng_state, open_writer, run_cli,
-                   set_rng_state, set_seed)
+                   UserError, WorkerSeeder, average_batch_norm_stats, epoch_seed,
+                   get_rng_state, launched_world, open_writer, run_cli, set_rng_state, set_seed)
 from validation import val_epoch  # noqa: E402
 
 # Strengths of --colorjitter (the reference passes zeros, which makes its flag a no-op).
@@ -80,19 +84,76 @@ def get_opt(argv=None):
         raise UserError("--dampening: Paddle's momentum SGD has no dampening; use 0")
     if opt.input_type == 'flow' and opt.file_type == 'jpg':
         raise UserError('--input_type flow needs --file_type hdf5')
-    if opt.distributed:
-        raise UserError('--distributed is not supported yet; train on one process')
+    if opt.batchnorm_sync and not opt.distributed:
+        raise UserError('--batchnorm_sync needs --distributed (it syncs BatchNorm across '
+                        'processes)')
+    device = get_device(opt.no_cuda)
+    if opt.amp and device == 'cpu':
+        raise UserError("--amp needs a GPU: Paddle's mixed precision leaves CPU operations in "
+                        'float32')
+    if opt.amp == 'bfloat16' and not paddle.amp.is_bfloat16_supported():
+        raise UserError('--amp bfloat16: this GPU has no bfloat16 support; use --amp (float16)')
+    resolve_distributed(opt, argv, device)
 
     resolve_model_input(opt)
     opt.begin_epoch = 1
 
     try:  # also the check that the result folder is writable, before anything runs
         opt.result_path.mkdir(parents=True, exist_ok=True)
-        with (opt.result_path / 'opts.json').open('w') as f:
-            json.dump(vars(opt), f, default=str, indent=1)
+        if opt.is_master_node:
+            with (opt.result_path / 'opts.json').open('w') as f:
+                json.dump(vars(opt), f, default=str, indent=1)
     except OSError as e:
         raise UserError(f'cannot write to --result_path {opt.result_path}: {e}') from e
     return opt
+
+
+def resolve_distributed(opt, argv, device: str, environ=os.environ) -> None:
+    """Set `dist_rank`, `world_size` (the number of processes) and `is_master_node` (rank 0).
+
+    The processes of a data-parallel run are paddle.distributed.launch's. `--distributed` without
+    it starts launch in this process's place, one process per GPU, as the reference spawns one
+    per GPU; `--world_size` and `--dist_url` become launch's `--nnodes` and `--master`.
+    """
+    world = launched_world(environ)
+    if world is None:
+        if opt.distributed:
+            argv = sys.argv[1:] if argv is None else argv
+            n_gpus = paddle.device.cuda.device_count() if device == 'gpu' else 0
+            command = launch_command(opt, argv, n_gpus, environ)
+            print('starting', ' '.join(command), flush=True)
+            os.execv(command[0], command)
+        opt.dist_rank, opt.world_size, opt.is_master_node = 0, 1, True
+        return
+    rank, size = world
+    if size > 1 and not opt.distributed:
+        raise UserError(f'paddle.distributed.launch started {size} processes: add --distributed '
+                        '(without it each would train a model of its own)')
+    nodes = int(environ.get('PADDLE_NNODES', 1))
+    if opt.world_size > 1 and opt.world_size != nodes:
+        raise UserError(f'--world_size {opt.world_size}, but paddle.distributed.launch started '
+                        f'{nodes} node(s) (its --nnodes)')
+    opt.dist_rank, opt.world_size, opt.is_master_node = rank, size, rank == 0
+
+
+def launch_command(opt, argv, n_gpus: int, environ=os.environ) -> list:
+    """The paddle.distributed.launch command that runs this one (`argv`) on `n_gpus` GPUs."""
+    script = str(Path(__file__).resolve())
+    if n_gpus == 0:
+        raise UserError('--distributed: no GPU to start a process on; start the processes with '
+                        'paddle.distributed.launch (gloo on CPU), e.g. python -m '
+                        f'paddle.distributed.launch --nproc_per_node 2 {script} '
+                        f'{" ".join(argv)}')
+    command = [sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', str(n_gpus),
+               '--log_dir', str(opt.result_path / 'log')]
+    if opt.world_size > 1:
+        master = re.fullmatch(r'(?:tcp://)?([^:/]+:\d+)/?', opt.dist_url)
+        if master is None:
+            raise UserError(f'--dist_url {opt.dist_url}: expected tcp://host:port')
+        command += ['--nnodes', str(opt.world_size), '--master', master.group(1)]
+        if 'OMPI_COMM_WORLD_RANK' in environ:  # started by mpirun, as the reference expects
+            command += ['--rank', environ['OMPI_COMM_WORLD_RANK']]
+    return command + [script] + list(argv)
 
 
 def resolve_model_input(opt) -> None:
@@ -123,12 +184,39 @@ def get_temporal_transform(opt, last) -> TemporalCompose:
     return TemporalCompose(transform + [last])
 
 
+class RankShard(paddle.io.Sampler):
+    """Indices rank, rank + world_size, ... of a dataset of `n` samples: one process's share of
+    an evaluation, each sample seen once in all (no padding, unlike DistributedBatchSampler)."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.indices = range(rank, n, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def make_loader(dataset, batch_size: int, shuffle: bool, opt, collate_fn=None):
-    """A `paddle.io.DataLoader` with `--n_threads` workers seeded per worker and epoch."""
+    """A `paddle.io.DataLoader` with `--n_threads` workers seeded per worker and epoch.
+
+    With --distributed, each process loads its own shard: for training (`shuffle`) a
+    DistributedBatchSampler whose order `set_epoch` draws anew, for evaluation a `RankShard`.
+    """
     seeder = WorkerSeeder(opt.manual_seed)
-    loader = paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                                  num_workers=opt.n_threads, collate_fn=collate_fn,
-                                  worker_init_fn=seeder if opt.n_threads > 0 else None)
+    if not opt.distributed:
+        sampling = dict(batch_size=batch_size, shuffle=shuffle)
+    elif shuffle:
+        sampling = dict(batch_sampler=paddle.io.DistributedBatchSampler(
+            dataset, batch_size, num_replicas=opt.world_size, rank=opt.dist_rank, shuffle=True))
+    else:
+        sampling = dict(batch_sampler=paddle.io.BatchSampler(
+            sampler=RankShard(len(dataset), opt.dist_rank, opt.world_size),
+            batch_size=batch_size))
+    loader = paddle.io.DataLoader(dataset, num_workers=opt.n_threads, collate_fn=collate_fn,
+                                  worker_init_fn=seeder if opt.n_threads > 0 else None,
+                                  **sampling)
     loader.seeder = seeder
     return loader
 
@@ -155,12 +243,9 @@ def get_train_utils(opt, parameters):
                                    temporal_transform, opt.strict_data)
     train_loader = make_loader(train_data, opt.batch_size, True, opt)
 
-    resumed = opt.resume_path is not None
-    train_logger = Logger(opt.result_path / 'train.log', ['epoch', 'loss', 'acc', 'lr'],
-                          append=resumed, drop_from_epoch=opt.begin_epoch)
-    train_batch_logger = Logger(opt.result_path / 'train_batch.log',
-                                ['epoch', 'batch', 'iter', 'loss', 'acc', 'lr'],
-                                append=resumed, drop_from_epoch=opt.begin_epoch)
+    train_logger = make_logger(opt, 'train.log', ['epoch', 'loss', 'acc', 'lr'])
+    train_batch_logger = make_logger(opt, 'train_batch.log',
+                                     ['epoch', 'batch', 'iter', 'loss', 'acc', 'lr'])
 
     if opt.lr_scheduler == 'plateau':
         scheduler = paddle.optimizer.lr.ReduceOnPlateau(opt.learning_rate, mode='min',
@@ -185,9 +270,16 @@ def get_val_utils(opt):
                                                temporal_transform, opt.strict_data)
     videos_per_batch = max(1, opt.batch_size // opt.n_val_samples)
     val_loader = make_loader(val_data, videos_per_batch, False, opt, collate_fn)
-    val_logger = Logger(opt.result_path / 'val.log', ['epoch', 'loss', 'acc'],
-                        append=opt.resume_path is not None, drop_from_epoch=opt.begin_epoch)
-    return val_loader, val_logger
+    return val_loader, make_logger(opt, 'val.log', ['epoch', 'loss', 'acc'])
+
+
+def make_logger(opt, name: str, header: list):
+    """The tsv log `name` in the result folder, written by the master process only (else None);
+    a resumed run keeps the rows of the epochs before `begin_epoch`."""
+    if not opt.is_master_node:
+        return None
+    return Logger(opt.result_path / name, header, append=opt.resume_path is not None,
+                  drop_from_epoch=opt.begin_epoch)
 
 
 def get_inference_utils(opt):
@@ -234,13 +326,13 @@ def fsync(path: Path) -> None:
 
 
 def save_checkpoint(result_path: Path, epoch: int, arch: str, model, optimizer, scheduler,
-                    best: BestScores):
+                    best: BestScores, scaler=None):
     """Write save_{epoch}.pdparams (weights) and save_{epoch}.pdopt (training state) atomically.
 
     Both go to .tmp files and are renamed into place when both are complete. The .pdopt marks a
     checkpoint complete (find_checkpoint), so an earlier save_{epoch}.pdopt is removed before the
     renames: at no moment do weights and state of two different writes pair up. A failed write
-    (a full disk) or an interrupt leaves no .tmp file behind.
+    (a full disk) or an interrupt leaves no .tmp file behind. `scaler`: --amp's GradScaler.
     """
     params, state = result_path / f'save_{epoch}.pdparams', result_path / f'save_{epoch}.pdopt'
     files = {
@@ -250,6 +342,8 @@ def save_checkpoint(result_path: Path, epoch: int, arch: str, model, optimizer, 
                 'scheduler': scheduler.state_dict(), 'best': dataclasses.asdict(best),
                 'rng': get_rng_state()},
     }
+    if scaler is not None:
+        files[state]['scaler'] = scaler.state_dict()
     try:
         for path, obj in files.items():
             paddle.save(obj, str(tmp_path(path)))
@@ -340,40 +434,67 @@ def get_device(no_cuda: bool) -> str:
     return 'cpu'
 
 
+def sync_batch_norm(model, device: str):
+    """--batchnorm_sync: SyncBatchNorm layers on GPU. Paddle has no CPU kernel for them: there
+    the BatchNorm layers stay, and their running statistics are averaged every epoch."""
+    if device == 'gpu':
+        return paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    warnings.warn('--batchnorm_sync: Paddle has no SyncBatchNorm on CPU; training goes on with '
+                  'BatchNorm per process (running statistics averaged across processes every '
+                  'epoch)')
+    return model
+
+
 def main_worker(opt, stop: StopSignals):
-    tb_writer = open_writer(opt.result_path / 'vdl') if opt.tensorboard else None
+    master = opt.is_master_node
+    log = print if master else (lambda *args, **kwargs: None)
+    tb_writer = open_writer(opt.result_path / 'vdl') if opt.tensorboard and master else None
     set_seed(opt.manual_seed)
-    paddle.set_device(get_device(opt.no_cuda))
+    device = get_device(opt.no_cuda)
+    paddle.set_device(device)
+    if opt.distributed:
+        paddle.distributed.init_parallel_env()  # on GPU, also selects this process's GPU
 
     model = generate_model(opt)
     if opt.pretrain_path:
         model = load_pretrained_model(model, opt.pretrain_path, opt.model,
                                       opt.n_finetune_classes)
+    if opt.batchnorm_sync:
+        model = sync_batch_norm(model, device)
     # as in the reference, --ft_begin_module applies to pretrained weights only
     parameters = get_fine_tuning_parameters(model, opt.ft_begin_module if opt.pretrain_path else '')
     n_params = sum(int(p.numel()) for p in parameters)
-    print(f'model {opt.arch} on {paddle.device.get_device()}: {n_params:,} trainable parameters')
+    log(f'model {opt.arch} on {paddle.device.get_device()}: {n_params:,} trainable parameters'
+        + (f'; {opt.world_size} processes, batch {opt.batch_size} each' if opt.distributed
+           else ''))
 
     train_state = None
-    if opt.resume_path is not None:
+    if opt.resume_path is not None:  # every process loads the same checkpoint
         checkpoint = find_checkpoint(opt.resume_path)
         weights, train_state = load_checkpoint(checkpoint, opt.arch)
         model.set_state_dict(weights)
         opt.begin_epoch = train_state['epoch'] + 1
-        print(f'resuming from {checkpoint} at epoch {opt.begin_epoch}')
+        log(f'resuming from {checkpoint} at epoch {opt.begin_epoch}')
     best = BestScores(**train_state.get('best', {})) if train_state else BestScores()
 
     if not opt.no_train:
-        remove_unfinished_checkpoints(opt.result_path)
-        check_free_space(opt.result_path, model)
+        if master:
+            remove_unfinished_checkpoints(opt.result_path)
+            check_free_space(opt.result_path, model)
         (train_loader, train_logger, train_batch_logger, optimizer,
          scheduler) = get_train_utils(opt, parameters)
+        # float16 needs loss scaling; bfloat16 has float32's range
+        scaler = paddle.amp.GradScaler() if opt.amp == 'float16' else None
         if train_state is not None:
             optimizer.set_state_dict(
                 structured_optimizer_state(model, train_state['optimizer'], False))
             scheduler.set_state_dict(train_state['scheduler'])
             if opt.overwrite_milestones and opt.lr_scheduler == 'multistep':
                 scheduler.milestones = opt.multistep_milestones
+            if scaler is not None and train_state.get('scaler'):
+                scaler.load_state_dict(train_state['scaler'])
+        # DataParallel averages the gradients over the processes in backward
+        train_model = paddle.DataParallel(model) if opt.distributed else model
     if not opt.no_val:
         val_loader, val_logger = get_val_utils(opt)
     if train_state is not None and 'rng' in train_state:
@@ -385,11 +506,16 @@ def main_worker(opt, stop: StopSignals):
             break
         summary = [f'epoch {epoch}/{opt.n_epochs}']
         if not opt.no_train:
-            set_seed(epoch_seed(opt.manual_seed, epoch))
-            train_loader.seeder.seed = epoch_seed(opt.manual_seed, epoch)
+            set_seed(epoch_seed(opt.manual_seed, epoch, opt.dist_rank))
+            train_loader.seeder.seed = epoch_seed(opt.manual_seed, epoch, opt.dist_rank)
+            if opt.distributed:  # one order for all processes, a shard of it each
+                train_loader.batch_sampler.set_epoch(epoch_seed(opt.manual_seed, epoch) % 2**32)
             lr = optimizer.get_lr()
-            loss, acc, seconds = train_epoch(epoch, stop.watch(train_loader), model, optimizer,
-                                             lr, train_logger, train_batch_logger, tb_writer)
+            loss, acc, seconds = train_epoch(epoch, stop.watch(train_loader, opt.distributed),
+                                             train_model, optimizer, lr, train_logger,
+                                             train_batch_logger, tb_writer, opt.amp, scaler)
+            if opt.distributed:
+                average_batch_norm_stats(model)
             summary.append(f'train loss {loss:.4f} acc {acc:.3f} lr {lr:g} ({seconds:.0f} s'
                            f'{bad_frames_note(train_loader)})')
         if not opt.no_val:
@@ -400,42 +526,57 @@ def main_worker(opt, stop: StopSignals):
                            f'{bad_frames_note(val_loader)})')
         if not opt.no_train:
             if opt.lr_scheduler == 'plateau':
-                scheduler.step(val_loss)
+                scheduler.step(val_loss)  # the loss of all processes: the same step in each
             else:
                 scheduler.step()
             # last in the epoch: a resumed run starts from the stepped scheduler and the scores
             # of this epoch's validation, as the uninterrupted run does
-            if epoch % opt.checkpoint == 0:
+            if epoch % opt.checkpoint == 0 and master:
                 save_checkpoint(opt.result_path, epoch, opt.arch, model, optimizer, scheduler,
-                                best)
-        tqdm.write('  '.join(summary))
+                                best, scaler)
+        if master:
+            tqdm.write('  '.join(summary))
     if tb_writer is not None:
         tb_writer.close()
     if best.acc_epoch:
-        print(best)
+        log(best)
 
     if opt.inference:
         inference_loader, class_names = get_inference_utils(opt)
         result_path = opt.result_path / f'{opt.inference_subset}.json'
-        results = inference.inference(stop.watch(inference_loader), model, result_path,
-                                      class_names, opt.inference_no_average, opt.output_topk,
+        results = inference.inference(stop.watch(inference_loader), model,
+                                      result_path if master else None, class_names,
+                                      opt.inference_no_average, opt.output_topk,
                                       backend=opt.inference_backend)
-        print(f'inference: {len(results["results"])} {opt.inference_subset} videos -> {result_path}')
+        log(f'inference: {len(results["results"])} {opt.inference_subset} videos -> '
+            f'{result_path}')
 
 
 def main(argv=None):
     opt = get_opt(argv)
-    with StopSignals() as stop:
+    with StopSignals(repeat_raises=not opt.distributed) as stop:
         try:
             with LoaderErrors():
                 main_worker(opt, stop)
-        except (Exception, Interrupted):
-            if stop.signum is None:
-                raise
-            # What fails after SIGINT/SIGTERM fails because of it: the data loader, for one,
-            # when a kill of the whole process group has ended its workers.
-            raise Interrupted(stop.signum, f'interrupted by {signal.Signals(stop.signum).name}; '
-                                           f'{resume_hint(opt.result_path)}') from None
+        except (Exception, Interrupted) as e:
+            if stop.signum is not None:
+                # What fails after SIGINT/SIGTERM fails because of it: the data loader, for one,
+                # when a kill of the whole process group has ended its workers.
+                raise Interrupted(stop.signum,
+                                  f'interrupted by {signal.Signals(stop.signum).name}; '
+                                  f'{resume_hint(opt.result_path)}') from None
+            if opt.distributed and is_lost_peer(e):
+                # launch stops the processes one by one: the last ones see the first ones gone
+                raise UserError(f'process {opt.dist_rank} lost the other processes of the run '
+                                f'({str(e).strip().splitlines()[0]}); the log of the one that '
+                                "stopped first (in launch's --log_dir) says why") from None
+            raise
+
+
+def is_lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective operation's failure (gloo, NCCL) on losing a process."""
+    return isinstance(error, RuntimeError) and bool(
+        re.search(r'gloo|nccl|connection (closed|reset)', str(error), re.IGNORECASE))
 
 
 if __name__ == '__main__':

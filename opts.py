@@ -105,11 +105,16 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument('--plateau_patience', default=10, type=non_negative_int,
                    help='Epochs without val-loss improvement before plateau reduces the lr')
     g.add_argument('--batch_size', default=128, type=positive_int,
-                   help='Batch size (clips per training step)')
+                   help='Clips per training step, per process with --distributed')
     g.add_argument('--inference_batch_size', default=0, type=non_negative_int,
                    help='Videos per inference batch; 0 means --batch_size')
     g.add_argument('--batchnorm_sync', action='store_true',
-                   help='SyncBatchNorm in distributed training')
+                   help='SyncBatchNorm in distributed training (GPU; on CPU plain BatchNorm '
+                        'whose statistics are averaged across processes every epoch)')
+    g.add_argument('--amp', nargs='?', const='float16', default=None,
+                   choices=['float16', 'bfloat16'],
+                   help='Automatic mixed precision in training, GPU only: --amp is float16 '
+                        'with loss scaling, --amp bfloat16 where the GPU supports it')
     g.add_argument('--n_epochs', default=200, type=positive_int,
                    help='Number of total epochs to run')
     g.add_argument('--n_val_samples', default=3, type=positive_int,
@@ -143,10 +148,14 @@ def get_parser() -> argparse.ArgumentParser:
                    help='Top-k scores written per video; <= 0 means all classes')
     g.add_argument('--tensorboard', action='store_true',
                    help='Write VisualDL scalars under result_path/vdl (pip install visualdl)')
-    g.add_argument('--distributed', action='store_true', help='Distributed data-parallel training')
+    g.add_argument('--distributed', action='store_true',
+                   help='Data-parallel training and inference over the processes started by '
+                        'python -m paddle.distributed.launch (without it: one process per GPU)')
     g.add_argument('--dist_url', default='tcp://127.0.0.1:23456', type=str,
-                   help='Rendezvous address of distributed training')
-    g.add_argument('--world_size', default=-1, type=int, help='Number of nodes')
+                   help="Without paddle.distributed.launch: the master node's address, passed "
+                        "to launch as --master")
+    g.add_argument('--world_size', default=-1, type=int,
+                   help='Number of nodes (launch --nnodes); <= 1 means this node only')
     g.add_argument('--accimage', action='store_true',
                    help='Accepted for compatibility; frames are always decoded with Pillow')
 

@@ -29,8 +29,11 @@ def set_cpu_math_env(environ=os.environ) -> None:
     MKL_DEBUG_CPU_TYPE=5: the MKL bundled with Paddle takes its generic path on AMD processors;
     5 selects its AVX2 kernels (2-core EPYC: 2048^3 matmul 30 -> 113 GFLOP/s, dygraph 3D
     ResNet-18 training 0.44 -> 1.39 clips/s). Intel processors ignore it: set on AMD only.
+    Under paddle.distributed.launch the cores are shared by the processes of the node.
     """
-    environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0))))
+    local_processes = max(1, int(environ.get('PADDLE_LOCAL_SIZE', 1)))
+    threads = max(1, len(os.sched_getaffinity(0)) // local_processes)
+    environ.setdefault('OMP_NUM_THREADS', str(threads))
     if is_amd_cpu():
         environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
 
@@ -49,11 +52,15 @@ class Interrupted(KeyboardInterrupt):
 
 class StopSignals:
     """While active, SIGINT and SIGTERM ask the run to stop; `watch(loader)` stops it at the next
-    batch by raising `Interrupted`. A second signal raises at once.
+    batch by raising `Interrupted`. A second signal raises at once, unless `repeat_raises` is
+    False (paddle.distributed.launch signals its processes several times, then kills them).
 
     Stopping between batches, rather than wherever the signal lands, leaves Paddle's data loader
     in a state that shuts its worker processes down cleanly.
     """
+
+    def __init__(self, repeat_raises: bool = True):
+        self.repeat_raises = repeat_raises
 
     def __enter__(self):
         self.signum = None
@@ -67,34 +74,53 @@ class StopSignals:
         return False
 
     def _request(self, signum, frame):
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum = signum
+        elif self.repeat_raises:
             raise Interrupted(signum)
-        self.signum = signum
 
     def check(self) -> None:
         """Raise `Interrupted` if a signal arrived."""
         if self.signum is not None:
             raise Interrupted(self.signum)
 
-    def watch(self, loader) -> 'WatchedLoader':
-        return WatchedLoader(loader, self)
+    def check_together(self) -> None:
+        """`check()` for all processes of a data-parallel run at once: when any of them has been
+        signalled, all raise `Interrupted` at the same batch. A process that stopped alone would
+        leave the others waiting in the gradient all-reduce of the next backward pass, which
+        aborts them when it fails."""
+        import paddle
+        import paddle.distributed as dist
+        if dist.get_world_size() == 1:
+            return self.check()
+        signum = paddle.to_tensor([self.signum or 0], dtype='int64')
+        dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+        signum = int(signum.numpy()[0])
+        if signum != 0:
+            raise Interrupted(self.signum or signum)
+
+    def watch(self, loader, together: bool = False) -> 'WatchedLoader':
+        """`loader` checked before each batch and at its end; `together` (training loaders of a
+        data-parallel run, whose processes take the same number of batches): `check_together`."""
+        return WatchedLoader(loader, self.check_together if together else self.check)
 
 
 class WatchedLoader:
-    """A data loader whose iteration calls `stop.check()` before each batch and at its end."""
+    """A data loader whose iteration calls `check()` before each batch and at its end."""
 
-    def __init__(self, loader, stop: StopSignals):
+    def __init__(self, loader, check: Callable[[], None]):
         self.loader = loader
-        self.stop = stop
+        self.dataset = getattr(loader, 'dataset', None)
+        self.check = check
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
         for batch in self.loader:
-            self.stop.check()
+            self.check()
             yield batch
-        self.stop.check()
+        self.check()
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -234,9 +260,10 @@ def set_rng_state(state: dict) -> None:
     paddle.set_rng_state(state['paddle'])
 
 
-def epoch_seed(manual_seed: int, epoch: int) -> int:
-    """The seed of one epoch: a resumed run draws the same crops and order as an uninterrupted one."""
-    return manual_seed + 1000003 * epoch
+def epoch_seed(manual_seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch (of one process of a data-parallel run): a resumed run draws the same
+    crops and order as an uninterrupted one, and the processes draw different crops."""
+    return manual_seed + 1000003 * epoch + 7000003 * rank
 
 
 def exit_quietly(signum, frame) -> None:
@@ -254,7 +281,7 @@ class WorkerSeeder:
     """
 
     def __init__(self, seed: int = 0):
-        self.seed = seed
+        self.seed = seed  # set per epoch (and process) by the training loop
 
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -278,3 +305,53 @@ def open_writer(log_dir: Path):
         raise UserError('--tensorboard writes VisualDL logs and needs VisualDL: '
                         'pip install visualdl') from e
     return LogWriter(logdir=str(log_dir), flush_secs=VDL_FLUSH_SECONDS)
+
+
+# Data parallelism: processes started by `python -m paddle.distributed.launch`, which tells each
+# its rank and their number in environment variables (PADDLE_TRAINER_ID, PADDLE_TRAINERS_NUM).
+
+def launched_world(environ=os.environ):
+    """(rank, number of processes) given by paddle.distributed.launch; None when not launched."""
+    if 'PADDLE_TRAINERS_NUM' not in environ:
+        return None
+    return int(environ.get('PADDLE_TRAINER_ID', 0)), int(environ['PADDLE_TRAINERS_NUM'])
+
+
+def all_sum(values: Iterable[float]) -> np.ndarray:
+    """Element-wise sums of `values` over the processes of a data-parallel run (float64); the
+    values themselves in a single process. Every process must call it, with as many values."""
+    import paddle
+    import paddle.distributed as dist
+    values = np.asarray(list(values), dtype='float64')
+    if dist.get_world_size() == 1:
+        return values
+    tensor = paddle.to_tensor(values)
+    dist.all_reduce(tensor)
+    return tensor.numpy()
+
+
+def average_batch_norm_stats(model) -> None:
+    """Set every BatchNorm layer's running mean and variance to their means over the processes.
+
+    Without SyncBatchNorm each process tracks them on its own shard. The running averages are
+    linear in the batch statistics, so averaging them at the end of an epoch gives what tracking
+    the mean of the processes' batch statistics at every step would have given.
+    """
+    import paddle
+    import paddle.distributed as dist
+    world = dist.get_world_size()
+    if world == 1:
+        return
+    stats = [t for layer in model.sublayers()  # Paddle's BatchNorm layers, SyncBatchNorm too
+             if hasattr(layer, '_mean') and hasattr(layer, '_variance')
+             for t in (layer._mean, layer._variance)]
+    with paddle.no_grad():
+        flat = paddle.concat([t.reshape([-1]) for t in stats])
+        dist.all_reduce(flat)
+        flat = flat / world
+        offset = 0
+        for t in stats:
+            n = int(t.numel())
+            t.set_value(flat[offset:offset + n].reshape(t.shape))
+            offset += n
+

@@ -1,6 +1,5 @@
 """Shared fixtures: tiny frame-folder data sets written on the fly."""
 import json
-import os
 import sys
 import warnings
 from pathlib import Path

@@ -380,7 +380,7 @@ def loader_memory(case: dict) -> dict:
         annotation = write_videos(Path(folder), case['n_videos'], case['n_frames'],
                                   case['frame_size'])
         data = project_dataset(case, Path(folder), annotation)
-        opt = argparse.Namespace(n_threads=case['workers'], manual_seed=1)
+        opt = argparse.Namespace(n_threads=case['workers'], manual_seed=1, distributed=False)
         loader = main.make_loader(data, case['batch_size'], True, opt)
         result = {'main_rss': [], 'tree_pss': [], 'seconds': []}
         for epoch in range(1, case['epochs'] + 1):
