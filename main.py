@@ -1,9 +1,19 @@
 """Fine-tune, validate and run inference with a 3D CNN: the toolkit's one entry point."""
 import os
+import sys
 
-from utils import set_cpu_math_env
+from utils import set_cpu_math_env, with_huge_pages
 
-# math threads = usable cores, MKL's fast path on AMD (utils.set_cpu_math_env): before `import paddle`
+if __name__ == '__main__' and with_huge_pages():
+    # glibc reads its tunables at start: start again with huge pages for the activations
+    # (utils.HUGE_PAGES); the environment variable set keeps this from happening twice
+    command_line = sys.orig_argv[1:] if hasattr(sys, 'orig_argv') else sys.argv  # 3.10+, 3.9
+    try:
+        os.execv(sys.executable, [sys.executable, *command_line])
+    except OSError:
+        pass
+# math threads = usable cores, MKL's fast path on AMD, a fixed mmap threshold
+# (utils.set_cpu_math_env): before `import paddle`
 set_cpu_math_env()
 # one progress bar in a data-parallel run, the master's; tqdm reads this when it is imported
 if os.environ.get('PADDLE_TRAINER_ID', '0') != '0':
@@ -16,7 +26,6 @@ import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import sys  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 

@@ -36,6 +36,43 @@ def set_cpu_math_env(environ=os.environ) -> None:
     environ.setdefault('OMP_NUM_THREADS', str(threads))
     if is_amd_cpu():
         environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
+    fix_mmap_threshold()
+
+
+# glibc's malloc serves blocks of at least this size with mmap, returning them on free.
+MMAP_THRESHOLD = 1 << 20
+
+
+def fix_mmap_threshold() -> None:
+    """Keep glibc from holding on to freed activations (Linux; a no-op elsewhere).
+
+    glibc raises its mmap threshold, by default, to the size of each mmap-served block freed
+    (up to 32 MB): the blocks of a 3D CNN's activations below that size then come from the heap,
+    which keeps them after they are freed, fragmented. A training step of a 3D ResNet-50 at
+    batch 8 peaked about 500 MB higher, and higher every step; a fixed threshold stops that.
+    Fresh mmap blocks cost page faults on first use: see `HUGE_PAGES`.
+    """
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+# glibc tunable: malloc asks for transparent huge pages (where the kernel's THP mode is
+# "madvise" or "always"), 512x fewer page faults on fresh activations. With it, a 3D ResNet-50
+# training step on 2 cores: 2.8 -> 3.6 clips/s. Read when a process starts: see `with_huge_pages`.
+HUGE_PAGES = 'glibc.malloc.hugetlb=1'
+
+
+def with_huge_pages(environ=os.environ) -> bool:
+    """Add `HUGE_PAGES` to GLIBC_TUNABLES (Linux, unless set); True when it was added, and the
+    process must start anew (os.execv) for it to apply."""
+    tunables = environ.get('GLIBC_TUNABLES', '')
+    if not sys.platform.startswith('linux') or 'glibc.malloc.hugetlb' in tunables:
+        return False
+    environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [tunables, HUGE_PAGES]))
+    return True
 
 
 class UserError(Exception):

@@ -10,7 +10,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .resnet import batch_norm, conv1x1x1, conv3d, conv3x3x3, linear
+from .resnet import ReLU, batch_norm, conv1x1x1, conv3d, conv3x3x3, linear
 
 
 class _DenseLayer(nn.Sequential):
@@ -20,10 +20,10 @@ class _DenseLayer(nn.Sequential):
     def __init__(self, num_input_features: int, growth_rate: int, bn_size: int, drop_rate: float):
         super().__init__(
             ('norm1', batch_norm(num_input_features)),
-            ('relu1', nn.ReLU()),
+            ('relu1', ReLU()),
             ('conv1', conv1x1x1(num_input_features, bn_size * growth_rate)),
             ('norm2', batch_norm(bn_size * growth_rate)),
-            ('relu2', nn.ReLU()),
+            ('relu2', ReLU()),
             ('conv2', conv3x3x3(bn_size * growth_rate, growth_rate)))
         self.drop_rate = drop_rate
 
@@ -51,7 +51,7 @@ class _Transition(nn.Sequential):
     def __init__(self, num_input_features: int, num_output_features: int):
         super().__init__(
             ('norm', batch_norm(num_input_features)),
-            ('relu', nn.ReLU()),
+            ('relu', ReLU()),
             ('conv', conv1x1x1(num_input_features, num_output_features)),
             ('pool', nn.AvgPool3D(kernel_size=2, stride=2)))
 
@@ -68,7 +68,7 @@ class DenseNet(nn.Layer):
         stem = [('conv1', conv3d(n_input_channels, num_init_features, (conv1_t_size, 7, 7),
                                  stride=(conv1_t_stride, 2, 2), padding=(conv1_t_size // 2, 3, 3))),
                 ('norm1', batch_norm(num_init_features)),
-                ('relu1', nn.ReLU())]
+                ('relu1', ReLU())]
         if not no_max_pool:
             stem.append(('pool1', nn.MaxPool3D(kernel_size=3, stride=2, padding=1)))
         self.features = nn.Sequential(*stem)

@@ -5,7 +5,7 @@ The trunk (stem, stages, `fc`) is `resnet.ResNet`; only the blocks differ. Input
 import paddle.nn as nn
 
 from . import resnet
-from .resnet import batch_norm, conv1x1x1, conv3x3x3
+from .resnet import ReLU, batch_norm, conv1x1x1, conv3x3x3
 
 
 class PreActivationBasicBlock(nn.Layer):
@@ -18,7 +18,7 @@ class PreActivationBasicBlock(nn.Layer):
         self.conv1 = conv3x3x3(in_planes, planes, stride)
         self.bn2 = batch_norm(planes)
         self.conv2 = conv3x3x3(planes, planes)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.downsample = downsample
         self.stride = stride
 
@@ -41,7 +41,7 @@ class PreActivationBottleneck(nn.Layer):
         self.conv2 = conv3x3x3(planes, planes, stride)
         self.bn3 = batch_norm(planes)
         self.conv3 = conv1x1x1(planes, planes * self.expansion)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.downsample = downsample
         self.stride = stride
 

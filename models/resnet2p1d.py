@@ -8,7 +8,7 @@ convolution it replaces. Input [N, C, T, H, W]; parameter names as in the refere
 import paddle.nn as nn
 
 from . import resnet
-from .resnet import batch_norm, conv1x1x1, conv3d
+from .resnet import ReLU, batch_norm, conv1x1x1, conv3d
 
 
 def mid_planes(in_planes: int, out_planes: int, t_size: int = 3, s_size: int = 3) -> int:
@@ -42,7 +42,7 @@ class BasicBlock(nn.Layer):
         self.bn2_s = batch_norm(mid2)
         self.conv2_t = conv3x1x1(mid2, planes)
         self.bn2_t = batch_norm(planes)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.downsample = downsample
         self.stride = stride
 
@@ -70,7 +70,7 @@ class Bottleneck(nn.Layer):
         self.bn2_t = batch_norm(planes)
         self.conv3 = conv1x1x1(planes, planes * self.expansion)
         self.bn3 = batch_norm(planes * self.expansion)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.downsample = downsample
         self.stride = stride
 

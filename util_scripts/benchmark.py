@@ -42,7 +42,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from utils import UserError, run_cli
+from utils import UserError, fix_mmap_threshold, run_cli, with_huge_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_TAG = 'BENCHMARK_RESULT '
@@ -407,6 +407,8 @@ MEASURES = {
 def run_cases_here(cases: List[dict]) -> None:
     """Subprocess side: measure each case and print one tagged json line of results."""
     results = []
+    if any(case['impl'] == 'paddle' for case in cases):
+        fix_mmap_threshold()  # as main.py does (utils.set_cpu_math_env)
     for case in cases:
         random.seed(0)
         try:
@@ -428,12 +430,14 @@ def is_amd() -> bool:
         return False
 
 
-def child_env(threads: int, mkl_fix: bool) -> dict:
+def child_env(threads: int, mkl_fix: bool, huge_pages: bool) -> dict:
     """Environment of a measuring subprocess: set before it imports Paddle or PyTorch."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     env.pop('MKL_DEBUG_CPU_TYPE', None)
     if mkl_fix:
         env['MKL_DEBUG_CPU_TYPE'] = '5'  # MKL's AVX2 kernels on AMD instead of its slow generic path
+    if huge_pages:  # as main.py starts (utils.with_huge_pages)
+        with_huge_pages(env)
     return env
 
 
@@ -491,7 +495,7 @@ def run_cases(cases: List[dict], args) -> List[dict]:
         groups.setdefault(key, []).append(i)
     for indices in groups.values():
         impl = cases[indices[0]]['impl']
-        env = child_env(args.threads, args.mkl_fix and impl == 'paddle')
+        env = child_env(args.threads, args.mkl_fix and impl == 'paddle', impl == 'paddle')
         for i, result in zip(indices, run_subprocess([cases[i] for i in indices], env)):
             results[i] = result
             status = result.get('error', 'ok')
