@@ -69,6 +69,7 @@ class _Library:
         self.call('dnnl_primitive_attr_create', ctypes.byref(self.attr))
         self.call('dnnl_primitive_attr_set_scratchpad_mode', self.attr,
                   ctypes.c_int(_SCRATCHPAD_MODE_USER))
+        self.transient = []  # memory objects of the current call: see `release`
 
     def call(self, name: str, *args) -> None:
         status = getattr(self.lib, name)(*args)
@@ -90,9 +91,27 @@ class _Library:
         return primitive
 
     def memory(self, md: _c, pointer: int) -> _c:
+        """A memory object for the data at `pointer`, destroyed by the next `release()`."""
         memory = _c()
         self.call('dnnl_memory_create', ctypes.byref(memory), md, self.engine, _c(pointer))
+        self.transient.append(memory)
         return memory
+
+    def release(self) -> None:
+        """Wait for the stream, then destroy the memory objects made since the last release."""
+        self.call('dnnl_stream_wait', self.stream)
+        for memory in self.transient:
+            self.lib.dnnl_memory_destroy(memory)
+        self.transient.clear()
+
+    def destroy(self, primitives: Sequence[_c] = (), pds: Sequence[_c] = (),
+                descs: Sequence[_c] = ()) -> None:
+        for primitive in primitives:
+            self.lib.dnnl_primitive_destroy(primitive)
+        for pd in pds:
+            self.lib.dnnl_primitive_desc_destroy(pd)
+        for md in descs:
+            self.lib.dnnl_memory_desc_destroy(md)
 
     def execute(self, primitive: _c, args: dict) -> None:
         array = (_ExecArg * len(args))(*[_ExecArg(_ARG[k], m) for k, m in args.items()])
@@ -115,10 +134,15 @@ class _Operand:
         self.plain = library.desc(shape, _PLAIN[len(shape)])
         self.md = md
         self.blocked = not library.lib.dnnl_memory_desc_equal(md, self.plain)
+        self.primitives, self.pds = [], []
         if self.blocked:
             self.size = library.lib.dnnl_memory_desc_get_size(md) // 4
-            self.to_blocked = library.primitive(_reorder(library, self.plain, md))
-            self.to_plain = library.primitive(_reorder(library, md, self.plain))
+            self.pds = [_reorder(library, self.plain, md), _reorder(library, md, self.plain)]
+            self.to_blocked, self.to_plain = self.primitives = [library.primitive(pd)
+                                                                for pd in self.pds]
+
+    def destroy(self) -> None:
+        self.library.destroy(self.primitives, self.pds, [self.plain])
 
     def load(self, pointer: int, slot: int):
         """(memory in the primitive's layout, its buffer or None) of the plain data at
@@ -171,6 +195,7 @@ class _Plan:
 
     def __init__(self, library: _Library, x_shape, w_shape, stride, padding, groups: int):
         self.library = library
+        self.passes, self.pds, self.descs = {}, [], []
         out_channels = w_shape[0]
         self.x_shape, self.y_shape = list(x_shape), _output_shape(x_shape, w_shape, stride,
                                                                    padding)
@@ -181,7 +206,8 @@ class _Plan:
                     _Dims(*padding))
         any_x, any_w, any_y = (library.desc(s, _ANY)
                                for s in (self.x_shape, self.w_shape, self.y_shape))
-        forward_pd, data_pd, weights_pd = _c(), _c(), _c()
+        forward_pd, data_pd, weights_pd = self.pds = _c(), _c(), _c()
+        self.descs = [any_x, any_w, any_y]
         library.call('dnnl_convolution_forward_primitive_desc_create', ctypes.byref(forward_pd),
                      library.engine, ctypes.c_int(_FORWARD_TRAINING),
                      ctypes.c_int(_CONVOLUTION_DIRECT), any_x, any_w, None, any_y, *geometry,
@@ -207,11 +233,23 @@ class _Plan:
         self.share_grad_y = bool(library.lib.dnnl_memory_desc_equal(
             self.passes['data'][1]['diff_dst'].md, self.passes['weights'][1]['diff_dst'].md))
 
+    def __del__(self):
+        """Free the primitives and descriptors: plans dropped from the cache (and by the
+        convolutions that used them) take their oneDNN objects with them."""
+        try:
+            for primitive, operands, _, _ in self.passes.values():
+                self.library.destroy([primitive])
+                for operand in operands.values():
+                    operand.destroy()
+            self.library.destroy(pds=self.pds, descs=self.descs)
+        except Exception:  # at interpreter exit, ctypes may be gone first
+            pass
+
     def run(self, name: str, inputs: dict, output: str, pointer: int,
             loaded: Optional[dict] = None) -> None:
         """Run pass `name` on the plain data at `inputs` (argument -> address; `loaded`:
         arguments already in its layout, as `_Operand.load` gives them), writing `output` as
-        plain data at `pointer`. Buffers in oneDNN's layouts go as soon as they may."""
+        plain data at `pointer`."""
         primitive, operands, scratchpad, scratchpad_size = self.passes[name]
         args = dict(loaded or {})
         for arg, address in inputs.items():
@@ -222,15 +260,12 @@ class _Plan:
             scratch = _workspace(_SCRATCHPAD_SLOT, scratchpad_size)
             memories['scratchpad'] = self.library.memory(scratchpad, scratch.ctypes.data)
         self.library.execute(primitive, memories)
-        args.clear()
         operands[output].store(memory, buffer, pointer)
-        self.library.call('dnnl_stream_wait', self.library.stream)
 
     def backward(self, x: int, weight: int, grad_y: int, grad_x: Optional[int],
                  grad_w: Optional[int]) -> None:
         """Write the gradients of x and of the weights (each unless its address is None). The
-        weights first, so that x's reordered copy goes before the data pass makes the largest
-        buffers, and the data pass may reuse grad_y's reordered copy."""
+        weights first: the data pass may reuse grad_y's copy in the weights pass's layout."""
         grad_y_loaded = None
         if grad_w is not None:
             grad_y_loaded = self.passes['weights'][1]['diff_dst'].load(grad_y,
@@ -331,6 +366,7 @@ class _BatchChunks:
         self.chunks = [(start, min(size, n - start)) for start in range(0, n, size)]
         self.plans = {c: _plan([c, *x_shape[1:]], w_shape, stride, padding, groups)
                       for c in {c for _, c in self.chunks}}
+        self.library = library()
 
     def forward(self, x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
         y = paddle.empty(self.y_shape, dtype='float32')
@@ -338,6 +374,7 @@ class _BatchChunks:
             self.plans[count].run('forward', {'src': x.data_ptr() + start * self.x_clip,
                                               'weights': weight.data_ptr()},
                                   'dst', y.data_ptr() + start * self.y_clip)
+            self.library.release()
         return y
 
     def backward(self, x, weight, grad_y, need_x: bool, need_weights: bool):
@@ -353,6 +390,7 @@ class _BatchChunks:
                 grad_y.data_ptr() + start * self.y_clip,
                 grad_x.data_ptr() + start * self.x_clip if need_x else None,
                 (grad_w if i == 0 else chunk_grad_w).data_ptr() if need_weights else None)
+            self.library.release()
             if need_weights and i > 0:
                 grad_w.add_(chunk_grad_w)
         return grad_x, grad_w

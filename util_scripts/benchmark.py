@@ -5,12 +5,15 @@
         [--quick]
 
 Every measurement runs in a subprocess of its own, so that its peak RSS (getrusage) is its own;
-the subprocess sets the math threads and the MKL switch before it imports Paddle or PyTorch, the
-way main.py does. Rows:
+the subprocess sets the math threads, the MKL switch, huge pages and the mmap threshold for
+Paddle before it imports Paddle or PyTorch, the way main.py does (PyTorch runs as its users run
+it). Rows:
 
     train   one SGD step (forward, cross-entropy, backward, momentum step) on random clips
     infer   logits of random clips in eval mode without gradients; GFLOP/s counts the
-            multiply-adds of the convolutions and the classifier (x2), against the matmul peak
+            multiply-adds of the convolutions and the classifier (x2), against the matmul peak:
+            the faster of MKL's (Paddle's and PyTorch's `@`; on AMD, its AVX2 path) and
+            oneDNN's (AVX-512 where the processor has it), 2048^3 float32
     data    one training clip per process: 16 JPEG frames (320x240, written to a temporary
             folder) -> random resized crop -> flip -> normalized array [C, T, H, W]
     loader_memory (only when asked for with --jobs) peak memory of each of 5 epochs of main.py's
@@ -152,11 +155,42 @@ def paddle_infer(case: dict) -> dict:
 
 
 def paddle_matmul(case: dict) -> dict:
+    """The faster of Paddle's `a @ b` (MKL; on AMD its AVX2 path) and oneDNN's matmul (the
+    library the training convolutions run on, AVX-512 where the processor has it)."""
     paddle = import_paddle()
     n = case['matmul_size']
     a, b = paddle.randn([n, n]), paddle.randn([n, n])
-    result = time_calls(lambda: (a @ b).numpy(), 1, max(3, case['repeats']))
-    return dict(result, flops=2 * n ** 3)
+    results = [time_calls(lambda: (a @ b).numpy(), 1, max(3, case['repeats']))]
+    onednn_call = onednn_matmul(a, b)
+    if onednn_call is not None:
+        results.append(time_calls(onednn_call, 1, max(3, case['repeats'])))
+    return dict(min(results, key=lambda r: min(r['seconds'])), flops=2 * n ** 3)
+
+
+def onednn_matmul(a, b):
+    """A call computing a @ b with oneDNN's matmul primitive (models.onednn's library), or None."""
+    import ctypes
+
+    import paddle
+    from models import onednn
+    library = onednn.library()
+    if library is None:
+        return None
+    plain_2d = 3  # dnnl_ab
+    descs = [library.desc(t.shape, plain_2d) for t in (a, b, a)]
+    pd = ctypes.c_void_p()
+    library.call('dnnl_matmul_primitive_desc_create', ctypes.byref(pd), library.engine,
+                 descs[0], descs[1], None, descs[2], None)
+    primitive = library.primitive(pd)
+    c = paddle.empty(a.shape, dtype='float32')
+    memories = {name: library.memory(desc, t.data_ptr())
+                for name, desc, t in zip(('src', 'weights', 'dst'), descs, (a, b, c))}
+
+    def call():
+        library.execute(primitive, memories)
+        library.call('dnnl_stream_wait', library.stream)
+        return c  # oneDNN writes into c: it must live as long as the call does
+    return call
 
 
 # A PyTorch 3D ResNet of the reference's layout (conv1 7x7x7 stride (1, 2, 2), max pool, shortcut
