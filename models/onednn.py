@@ -13,6 +13,7 @@ import ctypes
 import math
 import os
 import threading
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -418,7 +419,13 @@ def conv3d(x: paddle.Tensor, weight: paddle.Tensor, stride, padding, groups: int
     (NCDHW, no bias, no dilation) on oneDNN."""
     if hasattr(x, 'contiguous'):
         x = x.contiguous()
-    convolution = _BatchChunks(x.shape, weight.shape, stride, padding, groups)
+    try:
+        convolution = _BatchChunks(x.shape, weight.shape, stride, padding, groups)
+    except OneDNNError as e:  # a shape oneDNN has no implementation for: Paddle's kernel
+        warnings.warn(f'a convolution of input {list(x.shape)} and weights '
+                      f'{list(weight.shape)} runs on Paddle\'s kernel: {e}', stacklevel=2)
+        return paddle.nn.functional.conv3d(x, weight, stride=stride, padding=padding,
+                                           groups=groups)
     return _Convolution.apply(x, weight, convolution)
 
 

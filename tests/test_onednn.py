@@ -62,6 +62,17 @@ def test_clips_convolved_in_chunks_sum_the_weight_gradient(monkeypatch):
         assert relative(a, e) < 1e-4, name
 
 
+def test_a_convolution_onednn_cannot_build_runs_on_paddles_kernel(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise onednn.OneDNNError('oneDNN dnnl_convolution_forward_primitive_desc_create failed '
+                                 '(status 3)')
+    monkeypatch.setattr(onednn, '_plan', refuse)
+    x, w = paddle.randn([1, 2, 3, 4, 4]), paddle.randn([3, 2, 3, 3, 3])
+    with pytest.warns(UserWarning, match="runs on Paddle's kernel.*status 3"):
+        y = onednn.conv3d(x, w, [1, 1, 1], [1, 1, 1])
+    np.testing.assert_allclose(y.numpy(), F.conv3d(x, w, padding=1).numpy(), rtol=1e-6)
+
+
 def test_conv3d_layer_runs_on_onednn_where_it_can():
     layer = onednn.Conv3D(4, 8, 3, padding=1, bias_attr=False)
     plain = paddle.nn.Conv3D(4, 8, 3, padding=1, bias_attr=False)
