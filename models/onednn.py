@@ -24,7 +24,6 @@ from paddle.autograd import PyLayer
 _CPU, _IN_ORDER, _F32 = 1, 1, 3
 _ANY, _PLAIN = 1, {5: 6, 6: 7}  # format_tag_any; abcde, abcdef by number of dimensions
 _FORWARD_TRAINING, _CONVOLUTION_DIRECT = 64, 1
-_QUERY_IMPL_INFO = 8
 _QUERY_MD = {'src': 129, 'diff_src': 130, 'weights': 131, 'diff_weights': 132, 'dst': 133,
              'diff_dst': 134, 'scratchpad': 136}
 _ARG = {'src': 1, 'dst': 17, 'weights': 33, 'diff_src': 129, 'diff_dst': 145,
@@ -119,12 +118,6 @@ class _Library:
         self.call('dnnl_primitive_execute', primitive, self.stream, ctypes.c_int(len(args)),
                   array)
 
-    def implementation(self, pd: _c) -> str:
-        name = ctypes.c_char_p()
-        self.call('dnnl_primitive_desc_query', pd, ctypes.c_int(_QUERY_IMPL_INFO),
-                  ctypes.c_int(0), ctypes.byref(name))
-        return name.value.decode()
-
 
 class _Operand:
     """One operand of a primitive: its plain NCDHW descriptor and, when the primitive wants
@@ -145,31 +138,25 @@ class _Operand:
     def destroy(self) -> None:
         self.library.destroy(self.primitives, self.pds, [self.plain])
 
-    def load(self, pointer: int, slot: int):
-        """(memory in the primitive's layout, its buffer or None) of the plain data at
-        `pointer`, in workspace `slot` when it must be reordered."""
+    def load(self, pointer: int, slot: int) -> _c:
+        """Memory of the plain data at `pointer` in the primitive's layout (a copy in workspace
+        `slot` when the layouts differ)."""
         plain = self.library.memory(self.plain, pointer)
         if not self.blocked:
-            return plain, None
-        memory, buffer = self.empty(slot)
+            return plain
+        memory = self.target(pointer, slot)
         self.library.execute(self.to_blocked, {'from': plain, 'to': memory})
-        return memory, buffer
+        return memory
 
-    def empty(self, slot: int):
-        """(memory, buffer): room for this operand in the primitive's layout, in workspace
-        `slot`."""
-        buffer = _workspace(slot, self.size)
-        return self.library.memory(self.md, buffer.ctypes.data), buffer
-
-    def target(self, pointer: int, slot: int):
-        """(memory the primitive writes, its buffer or None) for a result wanted as plain data
-        at `pointer`; `store` moves it there when the layouts differ."""
+    def target(self, pointer: int, slot: int) -> _c:
+        """Memory for the primitive to write a result wanted as plain data at `pointer`: that
+        data itself, or room in workspace `slot` that `store` copies from."""
         if not self.blocked:
-            return self.library.memory(self.plain, pointer), None
-        return self.empty(slot)
+            return self.library.memory(self.plain, pointer)
+        return self.library.memory(self.md, _workspace(slot, self.size).ctypes.data)
 
-    def store(self, memory, buffer, pointer: int) -> None:
-        if buffer is not None:
+    def store(self, memory: _c, pointer: int) -> None:
+        if self.blocked:
             self.library.execute(self.to_plain,
                                  {'from': memory, 'to': self.library.memory(self.plain, pointer)})
 
@@ -249,19 +236,18 @@ class _Plan:
     def run(self, name: str, inputs: dict, output: str, pointer: int,
             loaded: Optional[dict] = None) -> None:
         """Run pass `name` on the plain data at `inputs` (argument -> address; `loaded`:
-        arguments already in its layout, as `_Operand.load` gives them), writing `output` as
+        argument -> memory already in its layout, from `_Operand.load`), writing `output` as
         plain data at `pointer`."""
         primitive, operands, scratchpad, scratchpad_size = self.passes[name]
-        args = dict(loaded or {})
+        memories = dict(loaded or {})
         for arg, address in inputs.items():
-            args[arg] = operands[arg].load(address, _SLOTS[name][arg])
-        memory, buffer = operands[output].target(pointer, _SLOTS[name][output])
-        memories = dict({a: m for a, (m, _) in args.items()}, **{output: memory})
+            memories[arg] = operands[arg].load(address, _SLOTS[name][arg])
+        memories[output] = operands[output].target(pointer, _SLOTS[name][output])
         if scratchpad_size:
             scratch = _workspace(_SCRATCHPAD_SLOT, scratchpad_size)
             memories['scratchpad'] = self.library.memory(scratchpad, scratch.ctypes.data)
         self.library.execute(primitive, memories)
-        operands[output].store(memory, buffer, pointer)
+        operands[output].store(memories[output], pointer)
 
     def backward(self, x: int, weight: int, grad_y: int, grad_x: Optional[int],
                  grad_w: Optional[int]) -> None:
@@ -278,7 +264,6 @@ class _Plan:
                 inputs, loaded = {'weights': weight}, {'diff_dst': grad_y_loaded}
             else:
                 inputs, loaded = {'weights': weight, 'diff_dst': grad_y}, None
-            grad_y_loaded = None
             self.run('data', inputs, 'diff_src', grad_x, loaded)
 
 
