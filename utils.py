@@ -30,6 +30,7 @@ def set_cpu_math_env(environ=os.environ) -> None:
     5 selects its AVX2 kernels (2-core EPYC: 2048^3 matmul 30 -> 113 GFLOP/s, dygraph 3D
     ResNet-18 training 0.44 -> 1.39 clips/s). Intel processors ignore it: set on AMD only.
     Under paddle.distributed.launch the cores are shared by the processes of the node.
+    Also fixes glibc's mmap threshold (`fix_mmap_threshold`).
     """
     local_processes = max(1, int(environ.get('PADDLE_LOCAL_SIZE', 1)))
     threads = max(1, len(os.sched_getaffinity(0)) // local_processes)
