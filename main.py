@@ -2,7 +2,7 @@
 import os
 import sys
 
-from utils import set_cpu_math_env, with_huge_pages
+from utils import launched_world, set_cpu_math_env, with_huge_pages
 
 if __name__ == '__main__' and with_huge_pages():
     # glibc reads its tunables at start: start again with huge pages for the activations
@@ -16,7 +16,8 @@ if __name__ == '__main__' and with_huge_pages():
 # (utils.set_cpu_math_env): before `import paddle`
 set_cpu_math_env()
 # one progress bar in a data-parallel run, the master's; tqdm reads this when it is imported
-if os.environ.get('PADDLE_TRAINER_ID', '0') != '0':
+world = launched_world()
+if world is not None and world[0] != 0:
     os.environ.setdefault('TQDM_DISABLE', '1')
 
 import contextlib  # noqa: E402
@@ -55,7 +56,7 @@ from temporal_transforms import (SlidingWindow, TemporalCenterCrop, TemporalEven
 from training import train_epoch  # noqa: E402
 from utils import (BestScores, Interrupted, LoaderErrors, Logger, StopSignals,  # noqa: E402
                    UserError, WorkerSeeder, average_batch_norm_stats, epoch_seed,
-                   get_rng_state, launched_world, open_writer, run_cli, set_rng_state, set_seed)
+                   get_rng_state, open_writer, run_cli, set_rng_state, set_seed)
 from validation import val_epoch  # noqa: E402
 
 # Strengths of --colorjitter (the reference passes zeros, which makes its flag a no-op).
@@ -515,8 +516,9 @@ def main_worker(opt, stop: StopSignals):
             break
         summary = [f'epoch {epoch}/{opt.n_epochs}']
         if not opt.no_train:
-            set_seed(epoch_seed(opt.manual_seed, epoch, opt.dist_rank))
-            train_loader.seeder.seed = epoch_seed(opt.manual_seed, epoch, opt.dist_rank)
+            seed = epoch_seed(opt.manual_seed, epoch, opt.dist_rank)
+            set_seed(seed)
+            train_loader.seeder.seed = seed
             if opt.distributed:  # one order for all processes, a shard of it each
                 train_loader.batch_sampler.set_epoch(epoch_seed(opt.manual_seed, epoch) % 2**32)
             lr = optimizer.get_lr()
