@@ -5,8 +5,13 @@ machine); oneDNN's direct convolution in its blocked layout reaches about 270 th
 PyTorch, whose CPU convolutions are oneDNN's. Paddle ships oneDNN (`paddle/libs/libdnnl.so.3`)
 but its dygraph does not call it for conv3d, so `Conv3D` below calls it through oneDNN's C API
 (ctypes): plain NCDHW tensors are reordered into the layout oneDNN picks, convolved, and the
-result reordered back. Where the library cannot be loaded, or outside dygraph on CPU
-(`paddle.jit` export, GPU), `Conv3D` is Paddle's own.
+result reordered back. Where the library cannot be loaded (or is not oneDNN 3.x), or outside
+dygraph on CPU (`paddle.jit` export, GPU), `Conv3D` is Paddle's own.
+
+Reading guide: `_SIGNATURES` declares every C function called; `_Library` owns the engine,
+stream and memory objects; `_Plan` holds the three primitives of one convolution shape;
+`_BatchChunks` runs a batch through plans a few clips at a time; `conv3d` and `Conv3D` are the
+public entry points.
 """
 import collections
 import ctypes
@@ -14,76 +19,167 @@ import math
 import os
 import threading
 import warnings
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import paddle
 from paddle.autograd import PyLayer
 
-# enum values of oneDNN 3.x's C API (oneapi/dnnl/dnnl_types.h, dnnl_common_types.h)
-_CPU, _IN_ORDER, _F32 = 1, 1, 3
-_ANY, _PLAIN = 1, {5: 6, 6: 7}  # format_tag_any; abcde, abcdef by number of dimensions
-_FORWARD_TRAINING, _CONVOLUTION_DIRECT = 64, 1
-_QUERY_MD = {'src': 129, 'diff_src': 130, 'weights': 131, 'diff_weights': 132, 'dst': 133,
-             'diff_dst': 134, 'scratchpad': 136}
-_ARG = {'src': 1, 'dst': 17, 'weights': 33, 'diff_src': 129, 'diff_dst': 145,
-        'diff_weights': 161, 'from': 1, 'to': 17, 'scratchpad': 80}
-_SCRATCHPAD_MODE_USER = 1
-_MAX_DIMS = 12
-_Dims = ctypes.c_int64 * _MAX_DIMS
-_c = ctypes.c_void_p
+# oneDNN 3.x's C API: the enum values used here, named as in oneapi/dnnl/dnnl_types.h and
+# dnnl_common_types.h (checked against v3.6.2, the version Paddle 3.x ships; fixed across 3.x).
+dnnl_success = 0  # dnnl_status_t
+_STATUS_NAMES = {1: 'dnnl_out_of_memory', 2: 'dnnl_invalid_arguments', 3: 'dnnl_unimplemented',
+                 4: 'dnnl_last_impl_reached', 5: 'dnnl_runtime_error', 6: 'dnnl_not_required'}
+dnnl_cpu = 1  # dnnl_engine_kind_t
+dnnl_stream_in_order = 1  # dnnl_stream_flags_t
+dnnl_f32 = 3  # dnnl_data_type_t
+dnnl_format_tag_any = 1  # dnnl_format_tag_t: the primitive picks the layout
+dnnl_ab, dnnl_abcde, dnnl_abcdef = 3, 6, 7  # dnnl_format_tag_t: plain (row-major) layouts
+dnnl_forward_training = 64  # dnnl_prop_kind_t
+dnnl_convolution_direct = 1  # dnnl_alg_kind_t
+dnnl_scratchpad_mode_user = 1  # dnnl_scratchpad_mode_t: scratch memory passed at execution
+dnnl_query_src_md, dnnl_query_diff_src_md = 129, 130  # dnnl_query_t
+dnnl_query_weights_md, dnnl_query_diff_weights_md = 131, 132
+dnnl_query_dst_md, dnnl_query_diff_dst_md = 133, 134
+dnnl_query_scratchpad_md = 136
+DNNL_ARG_SRC, DNNL_ARG_DST, DNNL_ARG_WEIGHTS = 1, 17, 33  # execution argument indices
+DNNL_ARG_DIFF_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS = 129, 145, 161
+DNNL_ARG_FROM, DNNL_ARG_TO = DNNL_ARG_SRC, DNNL_ARG_DST  # a reorder's source and destination
+DNNL_ARG_SCRATCHPAD = 80
+DNNL_MAX_NDIMS = 12
+
+# Paddle's dense tensors in oneDNN's words: the plain tag of each number of dimensions.
+PLAIN_TAGS = {2: dnnl_ab, 5: dnnl_abcde, 6: dnnl_abcdef}
+# Arguments by their oneDNN names (what `_Library.execute` takes) and the queries of their
+# memory descriptors.
+ARGS = {'src': DNNL_ARG_SRC, 'dst': DNNL_ARG_DST, 'weights': DNNL_ARG_WEIGHTS,
+        'diff_src': DNNL_ARG_DIFF_SRC, 'diff_dst': DNNL_ARG_DIFF_DST,
+        'diff_weights': DNNL_ARG_DIFF_WEIGHTS, 'from': DNNL_ARG_FROM, 'to': DNNL_ARG_TO,
+        'scratchpad': DNNL_ARG_SCRATCHPAD}
+_QUERIES = {'src': dnnl_query_src_md, 'diff_src': dnnl_query_diff_src_md,
+            'weights': dnnl_query_weights_md, 'diff_weights': dnnl_query_diff_weights_md,
+            'dst': dnnl_query_dst_md, 'diff_dst': dnnl_query_diff_dst_md,
+            'scratchpad': dnnl_query_scratchpad_md}
 
 # Plans (primitives) kept per convolution shape; training uses a handful of shapes.
 PLAN_CACHE_SIZE = 256
 # Largest copy of one operand in oneDNN's layout: clips are convolved this many bytes at a time.
 CHUNK_BYTES = 32 * 2**20
 
+_Dims = ctypes.c_int64 * DNNL_MAX_NDIMS  # dnnl_dims_t
+_c = ctypes.c_void_p  # every oneDNN handle: engine, stream, descriptors, primitives, memory
 
-class _ExecArg(ctypes.Structure):
+
+class _Version(ctypes.Structure):  # dnnl_version_t
+    _fields_ = [('major', ctypes.c_int), ('minor', ctypes.c_int), ('patch', ctypes.c_int),
+                ('hash', ctypes.c_char_p), ('cpu_runtime', ctypes.c_uint),
+                ('gpu_runtime', ctypes.c_uint)]
+
+
+class _ExecArg(ctypes.Structure):  # dnnl_exec_arg_t
     _fields_ = [('arg', ctypes.c_int), ('memory', ctypes.c_void_p)]
+
+
+_status, _int, _out, _dims = ctypes.c_int, ctypes.c_int, ctypes.POINTER(_c), ctypes.POINTER(
+    ctypes.c_int64)
+_GEOMETRY = [_dims] * 4  # strides, dilates, padding_l, padding_r
+# name: (restype, argtypes) of every C function called (here and by util_scripts.benchmark),
+# from oneapi/dnnl/dnnl.h and dnnl_common.h; set once when the library loads. `_out` is where a
+# create function writes the new handle.
+_SIGNATURES = {
+    'dnnl_version': (ctypes.POINTER(_Version), []),
+    'dnnl_engine_create': (_status, [_out, _int, ctypes.c_size_t]),
+    'dnnl_stream_create': (_status, [_out, _c, ctypes.c_uint]),
+    'dnnl_stream_wait': (_status, [_c]),
+    'dnnl_primitive_attr_create': (_status, [_out]),
+    'dnnl_primitive_attr_set_scratchpad_mode': (_status, [_c, _int]),
+    'dnnl_memory_desc_create_with_tag': (_status, [_out, _int, _dims, _int, _int]),
+    'dnnl_memory_desc_equal': (_int, [_c, _c]),
+    'dnnl_memory_desc_get_size': (ctypes.c_size_t, [_c]),
+    'dnnl_memory_desc_destroy': (_status, [_c]),
+    'dnnl_memory_create': (_status, [_out, _c, _c, _c]),
+    'dnnl_memory_destroy': (_status, [_c]),
+    'dnnl_reorder_primitive_desc_create': (_status, [_out, _c, _c, _c, _c, _c]),
+    'dnnl_convolution_forward_primitive_desc_create': (
+        _status, [_out, _c, _int, _int, _c, _c, _c, _c, *_GEOMETRY, _c]),
+    'dnnl_convolution_backward_data_primitive_desc_create': (
+        _status, [_out, _c, _int, _c, _c, _c, *_GEOMETRY, _c, _c]),
+    'dnnl_convolution_backward_weights_primitive_desc_create': (
+        _status, [_out, _c, _int, _c, _c, _c, _c, *_GEOMETRY, _c, _c]),
+    'dnnl_matmul_primitive_desc_create': (_status, [_out, _c, _c, _c, _c, _c, _c]),
+    'dnnl_primitive_desc_query_md': (_c, [_c, _int, _int]),
+    'dnnl_primitive_desc_destroy': (_status, [_c]),
+    'dnnl_primitive_create': (_status, [_out, _c]),
+    'dnnl_primitive_execute': (_status, [_c, _c, _int, ctypes.POINTER(_ExecArg)]),
+    'dnnl_primitive_destroy': (_status, [_c]),
+}
 
 
 class OneDNNError(RuntimeError):
     pass
 
 
+class OneDNNVersionError(OneDNNError):
+    """The library is not oneDNN 3.x, whose C API this module is written for."""
+
+
+def _version(lib: ctypes.CDLL) -> tuple:
+    """(major, minor, patch) of the loaded library."""
+    version = lib.dnnl_version().contents
+    return version.major, version.minor, version.patch
+
+
 class _Library:
-    """libdnnl.so.3 from Paddle's wheel, a CPU engine and a stream."""
+    """libdnnl.so.3 from Paddle's wheel, a CPU engine and a stream.
+
+    Not thread-safe: `transient` (and the module's workspaces) serve one call at a time, which
+    the module lock `_lock` ensures."""
 
     def __init__(self):
         path = os.path.join(os.path.dirname(paddle.__file__), 'libs', 'libdnnl.so.3')
         self.lib = ctypes.CDLL(path)
-        self.lib.dnnl_primitive_desc_query_md.restype = _c
-        self.lib.dnnl_primitive_desc_query_md.argtypes = [_c, ctypes.c_int, ctypes.c_int]
-        self.lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
-        self.lib.dnnl_memory_desc_get_size.argtypes = [_c]
-        self.lib.dnnl_memory_desc_equal.argtypes = [_c, _c]
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            function = getattr(self.lib, name)
+            function.restype, function.argtypes = restype, argtypes
+        self.version = _version(self.lib)
+        if self.version[0] != 3:  # the enum values and signatures above are 3.x's
+            raise OneDNNVersionError('oneDNN {}.{}.{} (3.x needed)'.format(*self.version))
         self.engine, self.stream = _c(), _c()
-        self.call('dnnl_engine_create', ctypes.byref(self.engine), ctypes.c_int(_CPU),
-                  ctypes.c_size_t(0))
+        self.call('dnnl_engine_create', ctypes.byref(self.engine), dnnl_cpu, 0)
         self.call('dnnl_stream_create', ctypes.byref(self.stream), self.engine,
-                  ctypes.c_uint(_IN_ORDER))
+                  dnnl_stream_in_order)
         # each primitive's scratch memory comes from our workspace at execution: oneDNN would
         # otherwise keep one per primitive, for as long as the primitive lives
         self.attr = _c()
         self.call('dnnl_primitive_attr_create', ctypes.byref(self.attr))
         self.call('dnnl_primitive_attr_set_scratchpad_mode', self.attr,
-                  ctypes.c_int(_SCRATCHPAD_MODE_USER))
+                  dnnl_scratchpad_mode_user)
         self.transient = []  # memory objects of the current call: see `release`
 
     def call(self, name: str, *args) -> None:
+        """Call a function that returns a dnnl_status_t; raise OneDNNError unless it succeeded."""
         status = getattr(self.lib, name)(*args)
-        if status != 0:
-            raise OneDNNError(f'oneDNN {name} failed (status {status})')
+        if status != dnnl_success:
+            raise OneDNNError(f'oneDNN {name} failed '
+                              f'(status {status}: {_STATUS_NAMES.get(status, "unknown")})')
 
-    def desc(self, shape: Sequence[int], tag: int) -> _c:
+    def desc(self, shape: Sequence[int], tag: int, dtype: int = dnnl_f32) -> _c:
+        """A memory descriptor (destroyed by `destroy`); `tag` and `dtype`: dnnl_* constants."""
         md = _c()
-        self.call('dnnl_memory_desc_create_with_tag', ctypes.byref(md), ctypes.c_int(len(shape)),
-                  _Dims(*shape), ctypes.c_int(_F32), ctypes.c_int(tag))
+        self.call('dnnl_memory_desc_create_with_tag', ctypes.byref(md), len(shape),
+                  _Dims(*shape), dtype, tag)
         return md
 
     def query(self, pd: _c, what: str) -> _c:
-        return _c(self.lib.dnnl_primitive_desc_query_md(pd, _QUERY_MD[what], 0))
+        """The memory descriptor of argument `what` (a key of `ARGS`), owned by `pd`."""
+        return _c(self.lib.dnnl_primitive_desc_query_md(pd, _QUERIES[what], 0))
+
+    def size(self, md: _c) -> int:
+        """Bytes of data that `md` describes."""
+        return self.lib.dnnl_memory_desc_get_size(md)
+
+    def equal(self, a: _c, b: _c) -> bool:
+        return bool(self.lib.dnnl_memory_desc_equal(a, b))
 
     def primitive(self, pd: _c) -> _c:
         primitive = _c()
@@ -93,7 +189,7 @@ class _Library:
     def memory(self, md: _c, pointer: int) -> _c:
         """A memory object for the data at `pointer`, destroyed by the next `release()`."""
         memory = _c()
-        self.call('dnnl_memory_create', ctypes.byref(memory), md, self.engine, _c(pointer))
+        self.call('dnnl_memory_create', ctypes.byref(memory), md, self.engine, pointer)
         self.transient.append(memory)
         return memory
 
@@ -114,9 +210,9 @@ class _Library:
             self.lib.dnnl_memory_desc_destroy(md)
 
     def execute(self, primitive: _c, args: dict) -> None:
-        array = (_ExecArg * len(args))(*[_ExecArg(_ARG[k], m) for k, m in args.items()])
-        self.call('dnnl_primitive_execute', primitive, self.stream, ctypes.c_int(len(args)),
-                  array)
+        """Run `primitive` on `args`: argument name (a key of `ARGS`) -> memory object."""
+        array = (_ExecArg * len(args))(*[_ExecArg(ARGS[k], m) for k, m in args.items()])
+        self.call('dnnl_primitive_execute', primitive, self.stream, len(args), array)
 
 
 class _Operand:
@@ -125,12 +221,12 @@ class _Operand:
 
     def __init__(self, library: _Library, shape: Sequence[int], md: _c):
         self.library = library
-        self.plain = library.desc(shape, _PLAIN[len(shape)])
+        self.plain = library.desc(shape, PLAIN_TAGS[len(shape)])
         self.md = md
-        self.blocked = not library.lib.dnnl_memory_desc_equal(md, self.plain)
+        self.reordered = not library.equal(md, self.plain)
         self.primitives, self.pds = [], []
-        if self.blocked:
-            self.size = library.lib.dnnl_memory_desc_get_size(md) // 4
+        if self.reordered:
+            self.bytes = library.size(md)
             self.pds = [_reorder(library, self.plain, md), _reorder(library, md, self.plain)]
             self.to_blocked, self.to_plain = self.primitives = [library.primitive(pd)
                                                                 for pd in self.pds]
@@ -142,7 +238,7 @@ class _Operand:
         """Memory of the plain data at `pointer` in the primitive's layout (a copy in workspace
         `slot` when the layouts differ)."""
         plain = self.library.memory(self.plain, pointer)
-        if not self.blocked:
+        if not self.reordered:
             return plain
         memory = self.target(pointer, slot)
         self.library.execute(self.to_blocked, {'from': plain, 'to': memory})
@@ -151,12 +247,12 @@ class _Operand:
     def target(self, pointer: int, slot: int) -> _c:
         """Memory for the primitive to write a result wanted as plain data at `pointer`: that
         data itself, or room in workspace `slot` that `store` copies from."""
-        if not self.blocked:
+        if not self.reordered:
             return self.library.memory(self.plain, pointer)
-        return self.library.memory(self.md, _workspace(slot, self.size).ctypes.data)
+        return self.library.memory(self.md, _workspace(slot, self.bytes))
 
     def store(self, memory: _c, pointer: int) -> None:
-        if self.blocked:
+        if self.reordered:
             self.library.execute(self.to_plain,
                                  {'from': memory, 'to': self.library.memory(self.plain, pointer)})
 
@@ -175,15 +271,33 @@ def _reorder(library: _Library, source: _c, target: _c) -> _c:
     return pd
 
 
+class _PlanKey(NamedTuple):
+    """What a plan is built for (and cached by)."""
+    x_shape: tuple
+    w_shape: tuple
+    stride: tuple
+    padding: tuple
+    groups: int
+
+
+class _Pass(NamedTuple):
+    """One primitive of a plan (forward, backward-data or backward-weights)."""
+    primitive: _c
+    operands: dict  # argument name -> _Operand
+    scratchpad: _c  # descriptor of the scratch memory it asks for
+    scratchpad_bytes: int
+
+
 class _Plan:
     """The forward, backward-data and backward-weights primitives of one convolution shape.
 
     Its methods take the addresses of plain float32 data and write plain results.
     """
 
-    def __init__(self, library: _Library, x_shape, w_shape, stride, padding, groups: int):
+    def __init__(self, library: _Library, key: _PlanKey):
         self.library = library
         self.passes, self.pds, self.descs = {}, [], []
+        x_shape, w_shape, stride, padding, groups = key
         out_channels = w_shape[0]
         self.x_shape, self.y_shape = list(x_shape), _output_shape(x_shape, w_shape, stride,
                                                                    padding)
@@ -192,42 +306,39 @@ class _Plan:
             self.w_shape = [groups, out_channels // groups, *w_shape[1:]]
         geometry = (_Dims(*stride), _Dims(*[0] * len(stride)), _Dims(*padding),
                     _Dims(*padding))
-        any_x, any_w, any_y = (library.desc(s, _ANY)
+        any_x, any_w, any_y = (library.desc(s, dnnl_format_tag_any)
                                for s in (self.x_shape, self.w_shape, self.y_shape))
         forward_pd, data_pd, weights_pd = self.pds = _c(), _c(), _c()
         self.descs = [any_x, any_w, any_y]
         library.call('dnnl_convolution_forward_primitive_desc_create', ctypes.byref(forward_pd),
-                     library.engine, ctypes.c_int(_FORWARD_TRAINING),
-                     ctypes.c_int(_CONVOLUTION_DIRECT), any_x, any_w, None, any_y, *geometry,
-                     library.attr)
+                     library.engine, dnnl_forward_training, dnnl_convolution_direct,
+                     any_x, any_w, None, any_y, *geometry, library.attr)
         library.call('dnnl_convolution_backward_data_primitive_desc_create',
-                     ctypes.byref(data_pd), library.engine, ctypes.c_int(_CONVOLUTION_DIRECT),
+                     ctypes.byref(data_pd), library.engine, dnnl_convolution_direct,
                      any_x, any_w, any_y, *geometry, forward_pd, library.attr)
         library.call('dnnl_convolution_backward_weights_primitive_desc_create',
-                     ctypes.byref(weights_pd), library.engine,
-                     ctypes.c_int(_CONVOLUTION_DIRECT), any_x, any_w, None, any_y, *geometry,
-                     forward_pd, library.attr)
+                     ctypes.byref(weights_pd), library.engine, dnnl_convolution_direct,
+                     any_x, any_w, None, any_y, *geometry, forward_pd, library.attr)
         shapes = {'src': self.x_shape, 'diff_src': self.x_shape, 'weights': self.w_shape,
                   'diff_weights': self.w_shape, 'dst': self.y_shape, 'diff_dst': self.y_shape}
-        self.passes = {}
         for name, pd, args in (('forward', forward_pd, ('src', 'weights', 'dst')),
                                ('data', data_pd, ('diff_dst', 'weights', 'diff_src')),
                                ('weights', weights_pd, ('src', 'diff_dst', 'diff_weights'))):
             operands = {a: _Operand(library, shapes[a], library.query(pd, a)) for a in args}
             scratchpad = library.query(pd, 'scratchpad')
-            self.passes[name] = (library.primitive(pd), operands, scratchpad,
-                                 library.lib.dnnl_memory_desc_get_size(scratchpad) // 4)
+            self.passes[name] = _Pass(library.primitive(pd), operands, scratchpad,
+                                      library.size(scratchpad))
         # the data pass may take grad_y as the weights pass reordered it
-        self.share_grad_y = bool(library.lib.dnnl_memory_desc_equal(
-            self.passes['data'][1]['diff_dst'].md, self.passes['weights'][1]['diff_dst'].md))
+        self.share_grad_y = library.equal(self.passes['data'].operands['diff_dst'].md,
+                                          self.passes['weights'].operands['diff_dst'].md)
 
     def __del__(self):
         """Free the primitives and descriptors: plans dropped from the cache (and by the
         convolutions that used them) take their oneDNN objects with them."""
         try:
-            for primitive, operands, _, _ in self.passes.values():
-                self.library.destroy([primitive])
-                for operand in operands.values():
+            for step in self.passes.values():
+                self.library.destroy([step.primitive])
+                for operand in step.operands.values():
                     operand.destroy()
             self.library.destroy(pds=self.pds, descs=self.descs)
         except Exception:  # at interpreter exit, ctypes may be gone first
@@ -238,16 +349,16 @@ class _Plan:
         """Run pass `name` on the plain data at `inputs` (argument -> address; `loaded`:
         argument -> memory already in its layout, from `_Operand.load`), writing `output` as
         plain data at `pointer`."""
-        primitive, operands, scratchpad, scratchpad_size = self.passes[name]
+        step = self.passes[name]
         memories = dict(loaded or {})
         for arg, address in inputs.items():
-            memories[arg] = operands[arg].load(address, _SLOTS[name][arg])
-        memories[output] = operands[output].target(pointer, _SLOTS[name][output])
-        if scratchpad_size:
-            scratch = _workspace(_SCRATCHPAD_SLOT, scratchpad_size)
-            memories['scratchpad'] = self.library.memory(scratchpad, scratch.ctypes.data)
-        self.library.execute(primitive, memories)
-        operands[output].store(memories[output], pointer)
+            memories[arg] = step.operands[arg].load(address, _SLOTS[name][arg])
+        memories[output] = step.operands[output].target(pointer, _SLOTS[name][output])
+        if step.scratchpad_bytes:
+            memories['scratchpad'] = self.library.memory(
+                step.scratchpad, _workspace(_SCRATCHPAD_SLOT, step.scratchpad_bytes))
+        self.library.execute(step.primitive, memories)
+        step.operands[output].store(memories[output], pointer)
 
     def backward(self, x: int, weight: int, grad_y: int, grad_x: Optional[int],
                  grad_w: Optional[int]) -> None:
@@ -255,8 +366,8 @@ class _Plan:
         weights first: the data pass may reuse grad_y's copy in the weights pass's layout."""
         grad_y_loaded = None
         if grad_w is not None:
-            grad_y_loaded = self.passes['weights'][1]['diff_dst'].load(grad_y,
-                                                                      _SLOTS['weights']['diff_dst'])
+            grad_y_loaded = self.passes['weights'].operands['diff_dst'].load(
+                grad_y, _SLOTS['weights']['diff_dst'])
             self.run('weights', {'src': x}, 'diff_weights', grad_w,
                      {'diff_dst': grad_y_loaded})
         if grad_x is not None:
@@ -267,38 +378,46 @@ class _Plan:
             self.run('data', inputs, 'diff_src', grad_x, loaded)
 
 
-# The copies in oneDNN's layouts live in three buffers that grow to the largest size asked for
+# The copies in oneDNN's layouts live in a few buffers that grow to the largest size asked for
 # and are kept: no allocation per call (and no page faults on fresh memory), and a fixed memory
 # cost of 3 x the largest chunk. One slot per role: the operands of a pass never share one, and
-# grad_y's copy survives from the weights pass to the data pass.
+# grad_y's copy survives from the weights pass to the data pass. The buffers are shared by all
+# plans, so one convolution runs at a time: `_lock`.
 _SLOTS = {'forward': {'src': 0, 'weights': 1, 'dst': 2},
           'weights': {'diff_dst': 0, 'src': 1, 'diff_weights': 2},
           'data': {'diff_dst': 0, 'weights': 1, 'diff_src': 2}}
 _SCRATCHPAD_SLOT = 3
+_ALIGNMENT = 64  # bytes: a cache line, and oneDNN's preferred alignment
 _workspaces = {}
+_lock = threading.Lock()  # held by each convolution call: 0.2 us, against >10 us of work
 
 
-def _workspace(slot: int, size: int) -> np.ndarray:
+def _workspace(slot: int, size: int) -> int:
+    """The address of `size` bytes of workspace `slot` (aligned to _ALIGNMENT)."""
     buffer = _workspaces.get(slot)
-    if buffer is None or buffer.size < size:
-        buffer = _workspaces[slot] = np.empty(size, np.float32)
-    return buffer[:size]
+    if buffer is None or buffer.size < size + _ALIGNMENT:
+        buffer = _workspaces[slot] = np.empty(size + _ALIGNMENT, np.uint8)
+    return -buffer.ctypes.data % _ALIGNMENT + buffer.ctypes.data
 
 
 _state = threading.local()
 _library: Optional[_Library] = None
 _load_error: Optional[str] = None
-_plans: 'collections.OrderedDict' = collections.OrderedDict()
+_plans: 'collections.OrderedDict[_PlanKey, _Plan]' = collections.OrderedDict()
 
 
 def library() -> Optional[_Library]:
-    """The loaded library, or None (and the reason in `load_error()`) where it cannot load."""
+    """The loaded library, or None (and the reason in `load_error()`) where it cannot load.
+
+    The first call loads it; a version other than 3.x is refused with one warning."""
     global _library, _load_error
     if _library is None and _load_error is None:
         try:
             _library = _Library()
         except (OSError, AttributeError, OneDNNError) as e:
             _load_error = f'{type(e).__name__}: {e}'
+            if isinstance(e, OneDNNVersionError):
+                warnings.warn(f"{e}: 3D convolutions run on Paddle's kernel", stacklevel=2)
     return _library
 
 
@@ -327,16 +446,21 @@ class use_onednn:
         _state.enabled = self.previous
 
 
-def _plan(x_shape, w_shape, stride, padding, groups) -> _Plan:
-    key = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding), groups)
+def _plan(key: _PlanKey) -> _Plan:
+    """The cached plan of `key` (made on first use; the least recently used one leaves)."""
     plan = _plans.get(key)
     if plan is None:
-        plan = _plans[key] = _Plan(library(), x_shape, w_shape, stride, padding, groups)
+        plan = _plans[key] = _Plan(library(), key)
         if len(_plans) > PLAN_CACHE_SIZE:
             _plans.popitem(last=False)
     else:
         _plans.move_to_end(key)
     return plan
+
+
+class _Chunk(NamedTuple):
+    start: int  # first clip
+    count: int  # number of clips
 
 
 class _BatchChunks:
@@ -349,18 +473,21 @@ class _BatchChunks:
         self.y_shape = _output_shape(x_shape, w_shape, stride, padding)
         self.x_clip, self.y_clip = 4 * math.prod(x_shape[1:]), 4 * math.prod(self.y_shape[1:])
         size = max(1, min(n, CHUNK_BYTES // max(self.x_clip, self.y_clip)))
-        self.chunks = [(start, min(size, n - start)) for start in range(0, n, size)]
-        self.plans = {c: _plan([c, *x_shape[1:]], w_shape, stride, padding, groups)
-                      for c in {c for _, c in self.chunks}}
+        self.chunks = [_Chunk(start, min(size, n - start)) for start in range(0, n, size)]
+        with _lock:
+            self.plans = {count: _plan(_PlanKey((count, *x_shape[1:]), tuple(w_shape),
+                                                tuple(stride), tuple(padding), groups))
+                          for count in {chunk.count for chunk in self.chunks}}
         self.library = library()
 
     def forward(self, x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
         y = paddle.empty(self.y_shape, dtype='float32')
-        for start, count in self.chunks:
-            self.plans[count].run('forward', {'src': x.data_ptr() + start * self.x_clip,
-                                              'weights': weight.data_ptr()},
-                                  'dst', y.data_ptr() + start * self.y_clip)
-            self.library.release()
+        with _lock:
+            for start, count in self.chunks:
+                self.plans[count].run('forward', {'src': x.data_ptr() + start * self.x_clip,
+                                                  'weights': weight.data_ptr()},
+                                      'dst', y.data_ptr() + start * self.y_clip)
+                self.library.release()
         return y
 
     def backward(self, x, weight, grad_y, need_x: bool, need_weights: bool):
@@ -370,18 +497,17 @@ class _BatchChunks:
             grad_w = paddle.empty(weight.shape, dtype='float32')
             chunk_grad_w = paddle.empty(weight.shape, dtype='float32') if len(
                 self.chunks) > 1 else grad_w
-        for i, (start, count) in enumerate(self.chunks):
-            self.plans[count].backward(
-                x.data_ptr() + start * self.x_clip, weight.data_ptr(),
-                grad_y.data_ptr() + start * self.y_clip,
-                grad_x.data_ptr() + start * self.x_clip if need_x else None,
-                (grad_w if i == 0 else chunk_grad_w).data_ptr() if need_weights else None)
-            self.library.release()
-            if need_weights and i > 0:
-                grad_w.add_(chunk_grad_w)
+        with _lock:
+            for i, (start, count) in enumerate(self.chunks):
+                self.plans[count].backward(
+                    x.data_ptr() + start * self.x_clip, weight.data_ptr(),
+                    grad_y.data_ptr() + start * self.y_clip,
+                    grad_x.data_ptr() + start * self.x_clip if need_x else None,
+                    (grad_w if i == 0 else chunk_grad_w).data_ptr() if need_weights else None)
+                self.library.release()
+                if need_weights and i > 0:
+                    grad_w.add_(chunk_grad_w)
         return grad_x, grad_w
-
-
 class _Convolution(PyLayer):
     @staticmethod
     def forward(ctx, x, weight, convolution):
