@@ -176,29 +176,32 @@ class OneDNNPredictor(Predictor):
             super().__init__(prefix, threads=threads)
 
 
-def dygraph_logits(model: paddle.nn.Layer) -> Callable[[np.ndarray], np.ndarray]:
-    """Logits of clips [N, C, T, H, W] from the model as it is (eval mode, no gradients)."""
+def dygraph_logits(model: paddle.nn.Layer, on_device: bool = False) -> Callable:
+    """Logits of clips [N, C, T, H, W] (an array or a tensor) from the model as it is (eval
+    mode, no gradients): an array, or with `on_device` a tensor left where it was computed."""
     model.eval()
 
-    def logits(clips) -> np.ndarray:
+    def logits(clips):
         with paddle.no_grad():
-            return model(paddle.to_tensor(clips)).numpy()
+            out = model(clips if isinstance(clips, paddle.Tensor) else paddle.to_tensor(clips))
+        return out if on_device else out.numpy()
     return logits
 
 
-def make_logits_fn(model: paddle.nn.Layer, sample_clips: np.ndarray,
-                   backend: str = 'auto') -> Callable[[np.ndarray], np.ndarray]:
+def make_logits_fn(model: paddle.nn.Layer, sample_clips: np.ndarray, backend: str = 'auto',
+                   on_device: bool = False) -> Callable:
     """The fastest way at hand to compute the model's logits of clips [N, C, T, H, W] like
     `sample_clips` (their C; T, H and W may vary).
 
     'auto' is the oneDNN predictor on CPU and dygraph on GPU; it falls back to dygraph (with a
     warning) when the export fails. 'onednn' raises instead, 'dygraph' never exports.
+    `on_device`: dygraph's logits stay a tensor on the device (the predictor's are an array).
     """
     if backend not in BACKENDS:
         raise ValueError(f'inference backend must be one of {BACKENDS}, got {backend!r}')
     on_cpu = paddle.device.get_device() == 'cpu'
     if backend == 'dygraph' or (backend == 'auto' and not on_cpu):
-        return dygraph_logits(model)
+        return dygraph_logits(model, on_device)
     if backend == 'onednn':
         return OneDNNPredictor(model, sample_clips.shape[1], sample_clips=sample_clips)
     try:
@@ -206,7 +209,7 @@ def make_logits_fn(model: paddle.nn.Layer, sample_clips: np.ndarray,
     except Exception as e:  # export and predictor creation raise many types; dygraph still works
         warnings.warn(f'inference runs in dygraph: the oneDNN predictor failed ({type(e).__name__}: '
                       f'{e})', stacklevel=2)
-        return dygraph_logits(model)
+        return dygraph_logits(model, on_device)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -241,14 +244,19 @@ def inference(data_loader, model, result_path: Optional[Path], class_names: Dict
     """
     model.eval()
     logits = None  # built at the first batch, which tells the number of input channels
-    clip_scores = defaultdict(list)  # video_id -> [(segment, scores [n_classes])]
+    batch_scores, batch_targets = [], []  # on the device in dygraph: read once, at the end
     for inputs, targets in tqdm(data_loader, desc='inference', leave=False, dynamic_ncols=True):
-        clips = inputs.numpy() if isinstance(inputs, paddle.Tensor) else np.asarray(inputs)
-        if logits is None:
-            logits = make_logits_fn(model, clips, backend)  # clips [N, C, T, H, W]
-        scores = softmax(logits(clips))
-        for (video_id, segment), video_scores in zip(targets, scores):
-            clip_scores[video_id].append((list(segment), video_scores))
+        if logits is None:  # clips [N, C, T, H, W]
+            logits = make_logits_fn(model, np.asarray(inputs[:1]), backend, on_device=True)
+        out = logits(np.asarray(inputs) if isinstance(logits, Predictor) else inputs)
+        batch_scores.append(F.softmax(out.astype('float32'), axis=1)
+                            if isinstance(out, paddle.Tensor) else softmax(out))
+        batch_targets.extend(targets)
+    scores = [s.numpy() if isinstance(s, paddle.Tensor) else s for s in batch_scores]
+    clip_scores = defaultdict(list)  # video_id -> [(segment, scores [n_classes])]
+    for (video_id, segment), video_scores in zip(batch_targets,
+                                                 np.concatenate(scores) if scores else []):
+        clip_scores[video_id].append((list(segment), video_scores))
     clip_scores = gather_clip_scores(clip_scores, getattr(data_loader, 'dataset', None))
 
     results = {}

@@ -20,6 +20,13 @@ MODELS = {
 }
 
 
+def get_device(no_cuda: bool) -> str:
+    """'gpu' when Paddle has CUDA and a GPU is visible (and --no_cuda is not given), else 'cpu'."""
+    if not no_cuda and paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        return 'gpu'
+    return 'cpu'
+
+
 def resolve_weights_path(path: Path) -> Path:
     """`data/pretrain` means `data/pretrain.pdparams` (Paddle's habit); both spellings work."""
     path = Path(path)

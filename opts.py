@@ -1,6 +1,8 @@
-"""Command-line options: the reference's names and defaults (SPEC.md section 3)."""
+"""Command-line options: the reference's names and defaults."""
 import argparse
 from pathlib import Path
+
+from spatial_transforms import get_mean_std
 
 
 def positive_int(text: str) -> int:
@@ -80,8 +82,11 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument('--value_scale', default=1, type=positive_int,
                    help='1: inputs in [0, 1]; 255: inputs in [0, 255]')
     g.add_argument('--input_type', default='rgb', choices=['rgb', 'flow'], help='Input type')
-    g.add_argument('--file_type', default='jpg', choices=['jpg', 'hdf5'],
-                   help='Frame storage: jpg folders or hdf5 files')
+    g.add_argument('--file_type', default='jpg', choices=['jpg', 'hdf5', 'video'],
+                   help='Frame storage: jpg folders <label>/<video_id>/image_00001.jpg, hdf5 '
+                        'files <label>/<video_id>.hdf5, or video files <label>/<video_id>.avi, '
+                        '.mp4, ... decoded with PyAV (pip install av; frames as '
+                        'generate_video_jpgs writes them, shorter side 240)')
     g.add_argument('--strict_data', action='store_true',
                    help='Stop at the first missing or corrupt frame (default: replace it by '
                         'the nearest readable frame of its video, skip a video without any, '
@@ -185,3 +190,11 @@ def get_parser() -> argparse.ArgumentParser:
 def parse_opts(argv=None) -> argparse.Namespace:
     """Parse the command line (`argv`, default sys.argv[1:])."""
     return get_parser().parse_args(argv)
+
+
+def resolve_model_input(opt) -> None:
+    """Set `arch`, `n_input_channels` (flow: 2) and the normalisation `mean`/`std` of the options."""
+    opt.arch = f'{opt.model}-{opt.model_depth}'
+    opt.n_input_channels = 2 if opt.input_type == 'flow' else 3
+    mean, std = get_mean_std(opt.value_scale, dataset=opt.mean_dataset)
+    opt.mean, opt.std = mean[:opt.n_input_channels], std[:opt.n_input_channels]

@@ -430,3 +430,54 @@ class PickFirstChannels:
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(n={self.n})'
+
+
+# Pipelines: what main.py (and the scripts) apply to every frame, by the options.
+
+# Strengths of --colorjitter (the reference passes zeros, which makes its flag a no-op).
+COLOR_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+
+
+def get_normalize_method(mean: Sequence[float], std: Sequence[float], no_mean_norm: bool,
+                         no_std_norm: bool) -> Normalize:
+    return Normalize([0.0] * len(mean) if no_mean_norm else mean,
+                     [1.0] * len(std) if no_std_norm else std)
+
+
+def get_spatial_transform(opt, crop: Sequence, augment: Sequence = ()) -> Compose:
+    """crop + augmentation + ToTensor [+ first 2 channels for flow] + scale + normalize."""
+    transform = list(crop) + list(augment) + [ToTensor()]
+    if opt.input_type == 'flow':
+        transform.append(PickFirstChannels(n=2))
+    transform += [ScaleValue(opt.value_scale),
+                  get_normalize_method(opt.mean, opt.std, opt.no_mean_norm, opt.no_std_norm)]
+    return Compose(transform)
+
+
+def get_train_spatial_transform(opt) -> Compose:
+    """--train_crop, then the flip (unless --no_hflip) and --colorjitter."""
+    if opt.train_crop == 'random':
+        crop = [RandomResizedCrop(opt.sample_size, (opt.train_crop_min_scale, 1.0),
+                                  (opt.train_crop_min_ratio, 1.0 / opt.train_crop_min_ratio))]
+    elif opt.train_crop == 'corner':
+        scales = [2 ** (-i / 4) for i in range(5)]  # 1, 2^-1/4, ..., 2^-1
+        crop = [MultiScaleCornerCrop(opt.sample_size, scales)]
+    else:
+        crop = [Resize(opt.sample_size), CenterCrop(opt.sample_size)]
+    augment = [] if opt.no_hflip else [RandomHorizontalFlip()]
+    if opt.colorjitter:
+        augment.append(ColorJitter(**COLOR_JITTER))
+    return get_spatial_transform(opt, crop, augment)
+
+
+def get_val_spatial_transform(opt) -> Compose:
+    """Shorter side to --sample_size, center crop."""
+    return get_spatial_transform(opt, [Resize(opt.sample_size), CenterCrop(opt.sample_size)])
+
+
+def get_inference_spatial_transform(opt) -> Compose:
+    """Shorter side to --sample_size, center crop unless --inference_crop nocrop."""
+    crop = [Resize(opt.sample_size)]
+    if opt.inference_crop == 'center':
+        crop.append(CenterCrop(opt.sample_size))
+    return get_spatial_transform(opt, crop)

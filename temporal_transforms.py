@@ -191,3 +191,9 @@ class Shuffle:
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(block_size={self.block_size})'
+
+
+def get_temporal_transform(opt, last) -> Compose:
+    """Every --sample_t_stride-th frame, then `last` (the crop or sliding window)."""
+    transform = [TemporalSubsampling(opt.sample_t_stride)] if opt.sample_t_stride > 1 else []
+    return Compose(transform + [last])

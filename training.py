@@ -1,4 +1,4 @@
-"""One training epoch."""
+"""One training epoch; the loss, the accuracy and mixed precision it uses."""
 import contextlib
 import time
 
@@ -6,13 +6,70 @@ import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from utils import AverageMeter, all_sum
+from distributed import all_sum
+from utils import AverageMeter, Interrupted, UserError
+
+# Batches whose loss and accuracy are read from the device at once: one transfer (and in a
+# data-parallel run one all-reduce) per interval instead of several per step. The logged values
+# are the same; only the progress bar's figures move in steps of this many batches.
+READ_INTERVAL = 10
+
+# Paddle's mixed-precision lists name `conv2d` but not `conv3d`: an operation on neither list
+# runs in float32 when an input is float32, so without this the 3D convolutions would stay in
+# float32 and only the classifier run in half precision. BatchNorm stays off the list (it runs
+# as Paddle decides for it); the loss is computed in float32 by `calculate_loss`.
+AMP_WHITE_LIST = {'conv3d'}
+
+
+def check_amp(amp, device: str) -> None:
+    """Refuse, with one line, an --amp the device cannot run."""
+    if not amp:
+        return
+    if device == 'cpu':
+        raise UserError("--amp needs a GPU: Paddle's mixed precision leaves CPU operations in "
+                        'float32')
+    if amp == 'float16' and not paddle.amp.is_float16_supported('gpu'):
+        raise UserError('--amp float16: this GPU has no fast float16 (compute capability below '
+                        "7.0: Paddle's auto_cast would switch itself off); drop --amp")
+    if amp == 'bfloat16' and not paddle.amp.is_bfloat16_supported('gpu'):
+        raise UserError('--amp bfloat16: this GPU has no bfloat16 support; use --amp (float16)')
+
+
+def autocast(amp):
+    """The mixed-precision context of --amp ('float16', 'bfloat16' or None: float32)."""
+    if not amp:
+        return contextlib.nullcontext()
+    return paddle.amp.auto_cast(custom_white_list=AMP_WHITE_LIST, level='O1', dtype=amp)
+
+
+def make_grad_scaler(amp):
+    """A GradScaler for float16 (bfloat16 has float32's range and needs none)."""
+    return paddle.amp.GradScaler() if amp == 'float16' else None
+
+
+def calculate_loss(outputs: paddle.Tensor, targets: paddle.Tensor) -> paddle.Tensor:
+    """Mean cross-entropy of logits [N, n_classes] against labels [N], in float32.
+
+    As the reference's (PyTorch's) cross-entropy: log-softmax, then the negative log-likelihood.
+    Paddle's `cross_entropy` and `log_softmax` clip each log-probability at -64 on CPU, which the
+    validation loss and the plateau scheduler would see on confident wrong predictions; logits
+    minus their log-sum-exp do not. The gradient is cross-entropy's.
+    """
+    logits = outputs.astype('float32')
+    log_probs = logits - paddle.logsumexp(logits, axis=1, keepdim=True)
+    picked = paddle.take_along_axis(log_probs, targets.reshape([-1, 1]).astype('int64'), axis=1)
+    return -picked.mean()
+
+
+def count_correct(outputs: paddle.Tensor, targets: paddle.Tensor) -> paddle.Tensor:
+    """How many top-1 predictions of logits [N, n_classes] are right, as a float32 tensor."""
+    pred = paddle.argmax(outputs, axis=1)
+    return (pred == targets.astype(pred.dtype)).astype('float32').sum()
 
 
 def calculate_accuracy(outputs: paddle.Tensor, targets: paddle.Tensor) -> float:
     """Top-1 accuracy of logits [N, n_classes] against labels [N]."""
-    pred = paddle.argmax(outputs, axis=1)
-    return float((pred == targets.astype(pred.dtype)).astype('float32').mean())
+    return float(count_correct(outputs, targets)) / max(1, outputs.shape[0])
 
 
 def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
@@ -28,34 +85,52 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
     model.train()
     losses, accuracies = AverageMeter(), AverageMeter()
     start = time.time()
-    autocast = (lambda: paddle.amp.auto_cast(dtype=amp)) if amp else contextlib.nullcontext
-    # `with`: the bar is cleared on an interrupt too, before its message is printed
-    with tqdm(data_loader, desc=f'train {epoch}', leave=False, dynamic_ncols=True) as bar:
-        for i, (inputs, targets) in enumerate(bar):
-            with autocast():
-                outputs = model(inputs)  # [N, n_classes]
-                loss = F.cross_entropy(outputs, targets)
-            optimizer.clear_grad()
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+    pending = []  # per batch not yet read: (batch index, [loss * n, correct, n] on the device)
 
-            n = inputs.shape[0]
-            loss_sum, correct, n = all_sum(
-                [float(loss) * n, calculate_accuracy(outputs.detach(), targets) * n, n])
-            iteration = (epoch - 1) * len(data_loader) + i + 1
+    def read_pending():
+        """Log the pending batches with one transfer (and one all-reduce) for all."""
+        if not pending:
+            return
+        sums = all_sum(paddle.stack([values for _, values in pending]).numpy().ravel())
+        for (i, _), (loss_sum, correct, n) in zip(pending, sums.reshape(-1, 3)):
             losses.update(loss_sum / n, n)
             accuracies.update(correct / n, n)
+            iteration = (epoch - 1) * len(data_loader) + i + 1
             if batch_logger is not None:
                 batch_logger.log({'epoch': epoch, 'batch': i + 1, 'iter': iteration,
                                   'loss': losses.val, 'acc': accuracies.val, 'lr': current_lr})
             if tb_writer is not None:
                 tb_writer.add_scalar('train_iter/loss', losses.val, iteration)
-            bar.set_postfix(loss=f'{losses.avg:.4f}', acc=f'{accuracies.avg:.3f}')
+        pending.clear()
+        bar.set_postfix(loss=f'{losses.avg:.4f}', acc=f'{accuracies.avg:.3f}')
+
+    # `with`: the bar is cleared on an interrupt too, before its message is printed
+    with tqdm(data_loader, desc=f'train {epoch}', leave=False, dynamic_ncols=True) as bar:
+        try:
+            for i, (inputs, targets) in enumerate(bar):
+                with autocast(amp):
+                    outputs = model(inputs)  # [N, n_classes]
+                loss = calculate_loss(outputs, targets)
+                optimizer.clear_grad()
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+
+                n = float(inputs.shape[0])
+                with paddle.no_grad():
+                    pending.append((i, paddle.stack([
+                        loss.detach() * n, count_correct(outputs.detach(), targets),
+                        paddle.full([], n, 'float32')])))
+                if len(pending) == READ_INTERVAL:
+                    read_pending()
+        except Interrupted:  # every process stops at the same batch: the rows read so far
+            read_pending()
+            raise
+        read_pending()
 
     if epoch_logger is not None:
         epoch_logger.log({'epoch': epoch, 'loss': losses.avg, 'acc': accuracies.avg,

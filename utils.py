@@ -1,4 +1,4 @@
-"""Small helpers shared by the loops and scripts: logs, meters, seeds, errors."""
+"""Small helpers of the loops and scripts: errors and signals, meters and logs, seeds, VisualDL."""
 import csv
 import math
 import os
@@ -11,69 +11,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
-
-
-def is_amd_cpu() -> bool:
-    """True on AMD x86 processors (read from /proc/cpuinfo; False where it cannot be read)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            return 'AuthenticAMD' in f.read(1 << 16)
-    except OSError:
-        return False
-
-
-def set_cpu_math_env(environ=os.environ) -> None:
-    """Fast CPU math for Paddle; must run before `import paddle`. Variables already set win.
-
-    OMP_NUM_THREADS: Paddle's CPU kernels run on one thread unless told; use the usable cores.
-    MKL_DEBUG_CPU_TYPE=5: the MKL bundled with Paddle takes its generic path on AMD processors;
-    5 selects its AVX2 kernels (2-core EPYC: 2048^3 matmul 30 -> 113 GFLOP/s, dygraph 3D
-    ResNet-18 training 0.44 -> 1.39 clips/s). Intel processors ignore it: set on AMD only.
-    Under paddle.distributed.launch the cores are shared by the processes of the node.
-    Also fixes glibc's mmap threshold (`fix_mmap_threshold`).
-    """
-    local_processes = max(1, int(environ.get('PADDLE_LOCAL_SIZE', 1)))
-    threads = max(1, len(os.sched_getaffinity(0)) // local_processes)
-    environ.setdefault('OMP_NUM_THREADS', str(threads))
-    if is_amd_cpu():
-        environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
-    fix_mmap_threshold()
-
-
-# glibc's malloc serves blocks of at least this size with mmap, returning them on free.
-MMAP_THRESHOLD = 1 << 20
-
-
-def fix_mmap_threshold() -> None:
-    """Keep glibc from holding on to freed activations (Linux; a no-op elsewhere).
-
-    glibc raises its mmap threshold, by default, to the size of each mmap-served block freed
-    (up to 32 MB): the blocks of a 3D CNN's activations below that size then come from the heap,
-    which keeps them after they are freed, fragmented. A training step of a 3D ResNet-50 at
-    batch 8 peaked about 500 MB higher, and higher every step; a fixed threshold stops that.
-    Fresh mmap blocks cost page faults on first use: see `HUGE_PAGES`.
-    """
-    try:
-        import ctypes
-        ctypes.CDLL('libc.so.6').mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-# glibc tunable: malloc asks for transparent huge pages (where the kernel's THP mode is
-# "madvise" or "always"), 512x fewer page faults on fresh activations. With it, a 3D ResNet-50
-# training step on 2 cores: 2.8 -> 3.6 clips/s. Read when a process starts: see `with_huge_pages`.
-HUGE_PAGES = 'glibc.malloc.hugetlb=1'
-
-
-def with_huge_pages(environ=os.environ) -> bool:
-    """Add `HUGE_PAGES` to GLIBC_TUNABLES (Linux, unless set); True when it was added, and the
-    process must start anew (os.execv) for it to apply."""
-    tunables = environ.get('GLIBC_TUNABLES', '')
-    if not sys.platform.startswith('linux') or 'glibc.malloc.hugetlb' in tunables:
-        return False
-    environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [tunables, HUGE_PAGES]))
-    return True
 
 
 class UserError(Exception):
@@ -259,7 +196,7 @@ class Logger:
         self.writer = csv.writer(self.log_file, delimiter='\t')
         self.writer.writerow(self.header)
         for row in rows:
-            self.writer.writerow([row[col] for col in self.header])
+            self.writer.writerow([row.get(col) or '' for col in self.header])  # new columns: ''
         self.log_file.flush()
 
     def log(self, values: Mapping[str, object]) -> None:
@@ -276,26 +213,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     paddle.seed(seed)
-
-
-def get_rng_state() -> dict:
-    """The states of Python's, NumPy's and Paddle's generators (Paddle's: of the current device).
-
-    NumPy's key is a list, not an array: `paddle.load` turns the arrays of a file into tensors.
-    """
-    import paddle
-    name, key, pos, has_gauss, gauss = np.random.get_state()
-    return {'python': random.getstate(), 'numpy': [name, key.tolist(), pos, has_gauss, gauss],
-            'paddle': paddle.get_rng_state()}
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore the generators from `get_rng_state()`."""
-    import paddle
-    random.setstate(state['python'])
-    name, key, pos, has_gauss, gauss = state['numpy']
-    np.random.set_state((name, np.asarray(key, np.uint32), pos, has_gauss, gauss))
-    paddle.set_rng_state(state['paddle'])
 
 
 def epoch_seed(manual_seed: int, epoch: int, rank: int = 0) -> int:
@@ -343,53 +260,3 @@ def open_writer(log_dir: Path):
         raise UserError('--tensorboard writes VisualDL logs and needs VisualDL: '
                         'pip install visualdl') from e
     return LogWriter(logdir=str(log_dir), flush_secs=VDL_FLUSH_SECONDS)
-
-
-# Data parallelism: processes started by `python -m paddle.distributed.launch`, which tells each
-# its rank and their number in environment variables (PADDLE_TRAINER_ID, PADDLE_TRAINERS_NUM).
-
-def launched_world(environ=os.environ):
-    """(rank, number of processes) given by paddle.distributed.launch; None when not launched."""
-    if 'PADDLE_TRAINERS_NUM' not in environ:
-        return None
-    return int(environ.get('PADDLE_TRAINER_ID', 0)), int(environ['PADDLE_TRAINERS_NUM'])
-
-
-def all_sum(values: Iterable[float]) -> np.ndarray:
-    """Element-wise sums of `values` over the processes of a data-parallel run (float64); the
-    values themselves in a single process. Every process must call it, with as many values."""
-    import paddle
-    import paddle.distributed as dist
-    values = np.asarray(list(values), dtype='float64')
-    if dist.get_world_size() == 1:
-        return values
-    tensor = paddle.to_tensor(values)
-    dist.all_reduce(tensor)
-    return tensor.numpy()
-
-
-def average_batch_norm_stats(model) -> None:
-    """Set every BatchNorm layer's running mean and variance to their means over the processes.
-
-    Without SyncBatchNorm each process tracks them on its own shard. The running averages are
-    linear in the batch statistics, so averaging them at the end of an epoch gives what tracking
-    the mean of the processes' batch statistics at every step would have given.
-    """
-    import paddle
-    import paddle.distributed as dist
-    world = dist.get_world_size()
-    if world == 1:
-        return
-    stats = [t for layer in model.sublayers()  # Paddle's BatchNorm layers, SyncBatchNorm too
-             if hasattr(layer, '_mean') and hasattr(layer, '_variance')
-             for t in (layer._mean, layer._variance)]
-    with paddle.no_grad():
-        flat = paddle.concat([t.reshape([-1]) for t in stats])
-        dist.all_reduce(flat)
-        flat = flat / world
-        offset = 0
-        for t in stats:
-            n = int(t.numel())
-            t.set_value(flat[offset:offset + n].reshape(t.shape))
-            offset += n
-

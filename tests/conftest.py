@@ -10,7 +10,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from utils import set_cpu_math_env  # noqa: E402
+from environment import set_cpu_math_env  # noqa: E402
 
 set_cpu_math_env()  # before any test imports paddle
 warnings.filterwarnings('ignore', message='No ccache found')

@@ -15,9 +15,13 @@ import numpy as np
 import paddle
 import pytest
 
+import distributed
 import main
+from checkpoints import complete_checkpoints
 from conftest import ROOT, bar_video, make_motion_dataset, write_frames
-from utils import UserError, epoch_seed, launched_world, set_cpu_math_env
+from environment import launched_world
+from opts import parse_opts
+from utils import UserError, epoch_seed
 
 TINY = ['--dataset', 'ucf101', '--n_classes', '2', '--model_depth', '10',
         '--resnet_widen_factor', '0.25', '--sample_size', '32', '--sample_duration', '8',
@@ -234,28 +238,28 @@ def test_interrupted_launch_leaves_a_resume_hint_and_no_traceback(data, tmp_path
     assert 'interrupted by SIGTERM; resume from save_' in logs[0]
     for log in logs:
         assert 'Traceback' not in log
-    assert main.find_checkpoint(result).name.startswith('save_')
+    assert complete_checkpoints(result)
 
 
 def test_lost_peers_are_told_from_other_errors():
-    assert main.is_lost_peer(RuntimeError('[/paddle/third_party/gloo/gloo/transport/tcp/pair.cc'
+    assert distributed.is_lost_peer(RuntimeError('[/paddle/third_party/gloo/gloo/transport/tcp/pair.cc'
                                           ':584] TIMEOUT self_rank = 1 pair_rank = 0'))
-    assert main.is_lost_peer(RuntimeError('NCCL error in: all_reduce, remote process exited'))
-    assert not main.is_lost_peer(RuntimeError('shape mismatch: [8, 3] vs [8, 4]'))
-    assert not main.is_lost_peer(ValueError('gloo'))
+    assert distributed.is_lost_peer(RuntimeError('NCCL error in: all_reduce, remote process exited'))
+    assert not distributed.is_lost_peer(RuntimeError('shape mismatch: [8, 3] vs [8, 4]'))
+    assert not distributed.is_lost_peer(ValueError('gloo'))
 
 
 # --- options, without launching ---------------------------------------------------------------
 
 def opt_for(tmp_path, *args):
-    return main.parse_opts(['--video_path', str(tmp_path), '--annotation_path', 'a.json',
+    return parse_opts(['--video_path', str(tmp_path), '--annotation_path', 'a.json',
                             '--result_path', str(tmp_path / 'out'), *args])
 
 
 def test_launch_command_maps_dist_url_and_world_size(tmp_path):
     opt = opt_for(tmp_path, '--distributed', '--world_size', '2', '--dist_url',
                   'tcp://10.1.2.3:23456')
-    command = main.launch_command(opt, ['--distributed', '--world_size', '2'], n_gpus=4,
+    command = distributed.launch_command(opt, ['--distributed', '--world_size', '2'], n_gpus=4,
                                   environ={'OMPI_COMM_WORLD_RANK': '1'})
     launch_args = command[command.index('paddle.distributed.launch') + 1:]
     assert launch_args[:2] == ['--nproc_per_node', '4']
@@ -263,7 +267,7 @@ def test_launch_command_maps_dist_url_and_world_size(tmp_path):
     assert pairs['--nnodes'] == '2' and pairs['--master'] == '10.1.2.3:23456'
     assert pairs['--rank'] == '1'
     assert command[-4:] == [str(ROOT / 'main.py'), '--distributed', '--world_size', '2']
-    single_node = main.launch_command(opt_for(tmp_path, '--distributed'), [], 2, environ={})
+    single_node = distributed.launch_command(opt_for(tmp_path, '--distributed'), [], 2, environ={})
     assert '--nnodes' not in single_node and '--master' not in single_node
 
 
@@ -274,7 +278,7 @@ def test_launch_command_maps_dist_url_and_world_size(tmp_path):
 ])
 def test_launch_command_refuses_what_it_cannot_map(tmp_path, args, n_gpus, message):
     with pytest.raises(UserError, match=message.replace('.', r'\.')):
-        main.launch_command(opt_for(tmp_path, *args), args, n_gpus, environ={})
+        distributed.launch_command(opt_for(tmp_path, *args), args, n_gpus, environ={})
 
 
 @pytest.mark.parametrize('args, environ, message', [
@@ -286,12 +290,12 @@ def test_launch_command_refuses_what_it_cannot_map(tmp_path, args, n_gpus, messa
 ])
 def test_launched_processes_check_their_options(tmp_path, args, environ, message):
     with pytest.raises(UserError, match=message.replace('.', r'\.')):
-        main.resolve_distributed(opt_for(tmp_path, *args), args, 'cpu', environ)
+        distributed.resolve_distributed(opt_for(tmp_path, *args), args, 'cpu', environ)
 
 
 def test_launched_process_takes_its_rank_and_the_process_count(tmp_path):
     opt = opt_for(tmp_path, '--distributed')
-    main.resolve_distributed(opt, [], 'cpu', {'PADDLE_TRAINER_ID': '3', 'PADDLE_TRAINERS_NUM': '4',
+    distributed.resolve_distributed(opt, [], 'cpu', {'PADDLE_TRAINER_ID': '3', 'PADDLE_TRAINERS_NUM': '4',
                                               'PADDLE_NNODES': '2'})
     assert (opt.dist_rank, opt.world_size, opt.is_master_node) == (3, 4, False)
     assert launched_world({}) is None
@@ -309,7 +313,7 @@ def test_options_that_need_processes_or_a_gpu_are_refused(tmp_path, args, messag
 
 
 def test_eval_shards_are_disjoint_unpadded_and_cover_the_set():
-    shards = [list(main.RankShard(7, rank, 3)) for rank in range(3)]
+    shards = [list(distributed.RankShard(7, rank, 3)) for rank in range(3)]
     assert [len(s) for s in shards] == [3, 2, 2]
     assert sorted(sum(shards, [])) == list(range(7))
 
@@ -320,8 +324,15 @@ def test_processes_draw_different_crops_but_one_order():
     assert len(seeds) == 199 * 64
 
 
-def test_math_threads_are_shared_by_the_processes_of_a_node():
-    cores = len(os.sched_getaffinity(0))
-    environ = {'PADDLE_LOCAL_SIZE': '2'}
-    set_cpu_math_env(environ)
-    assert environ['OMP_NUM_THREADS'] == str(max(1, cores // 2))
+def test_a_cpu_run_asks_for_gloo_whatever_launch_saw(monkeypatch):
+    # launch sets PADDLE_DISTRI_BACKEND=gloo only when it sees no GPU; on a GPU machine with
+    # --no_cuda, init_parallel_env would otherwise take NCCL and put the process on a GPU
+    seen = []
+    monkeypatch.setattr(paddle.distributed, 'init_parallel_env',
+                        lambda: seen.append(environ.get('PADDLE_DISTRI_BACKEND')))
+    environ = {'PADDLE_DISTRI_BACKEND': 'auto'}
+    distributed.init_distributed('cpu', environ)
+    assert seen == ['gloo'] and paddle.device.get_device() == 'cpu'
+    environ = {}
+    distributed.init_distributed('gpu', environ)
+    assert seen == ['gloo', None]  # on GPU Paddle's own choice (NCCL) stands

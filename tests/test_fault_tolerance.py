@@ -16,8 +16,9 @@ import paddle
 import pytest
 
 import main
+from checkpoints import load_checkpoint
 from conftest import ROOT, make_motion_dataset
-from utils import BestScores, UserError
+from utils import UserError
 
 TINY = ['--dataset', 'ucf101', '--n_classes', '2', '--model_depth', '10',
         '--resnet_widen_factor', '0.25', '--sample_size', '32', '--sample_duration', '8',
@@ -107,7 +108,7 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_result(data, 
     kill_after_iter(data_args(data, killed) + train, killed, first)
 
     # second kill: while the first checkpoint of the resumed run is half written
-    epoch = main.load_checkpoint(main.find_checkpoint(killed), 'resnet-10')[1]['epoch'] + 1
+    epoch = load_checkpoint(killed, 'resnet-10').state['epoch'] + 1
     process = start(resume, code=SLOW_CHECKPOINT)
     half_written = killed / f'save_{epoch}.pdparams.tmp'
     wait_for(half_written.exists, process)
@@ -157,85 +158,12 @@ def test_interrupt_stops_with_the_checkpoint_to_resume_from(data, tmp_path, sign
     assert match, last
     epochs = [int(p.stem.split('_')[1]) for p in tmp_path.glob('save_*.pdopt')]
     assert int(match.group(2)) == max(epochs)
-    weights, state = main.load_checkpoint(tmp_path / match.group(1), 'resnet-10')
-    assert state['epoch'] == max(epochs) and 'fc.weight' in weights
+    checkpoint = load_checkpoint(tmp_path / match.group(1), 'resnet-10')
+    assert checkpoint.state['epoch'] == max(epochs) and 'fc.weight' in checkpoint.weights
     assert not list(tmp_path.glob('*.tmp'))
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):  # no worker process left behind
         os.killpg(process.pid, 0)
-
-
-def test_resume_hint_says_when_there_is_no_checkpoint(tmp_path):
-    assert main.resume_hint(tmp_path) == f'no complete checkpoint in {tmp_path} to resume from'
-
-
-class TinyState:
-    """Stand-ins for the model, optimizer and scheduler of save_checkpoint."""
-
-    def __init__(self, value):
-        self.model = paddle.nn.Linear(2, 2)
-        self.model.weight.set_value(np.full([2, 2], value, 'float32'))
-        self.optimizer = paddle.optimizer.Momentum(0.1, parameters=self.model.parameters())
-        self.scheduler = paddle.optimizer.lr.MultiStepDecay(0.1, [10])
-
-    def save(self, result_path, epoch):
-        main.save_checkpoint(result_path, epoch, 'tiny', self.model, self.optimizer,
-                             self.scheduler, BestScores())
-
-
-def test_checkpoint_cut_between_its_renames_is_never_paired_with_an_older_write(tmp_path,
-                                                                             monkeypatch):
-    TinyState(1.0).save(tmp_path, 1)
-    TinyState(2.0).save(tmp_path, 2)
-    replace, renamed = os.replace, []
-
-    def stop_after_one_rename(source, target):
-        if renamed:
-            raise KeyboardInterrupt
-        renamed.append(target)
-        replace(source, target)
-
-    monkeypatch.setattr(os, 'replace', stop_after_one_rename)
-    with pytest.raises(KeyboardInterrupt):
-        TinyState(3.0).save(tmp_path, 2)
-    assert [p.name for p in renamed] == ['save_2.pdparams']
-    assert main.find_checkpoint(tmp_path).name == 'save_1.pdparams'
-    assert not list(tmp_path.glob('*.tmp'))
-
-
-def test_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_older(tmp_path,
-                                                                             monkeypatch):
-    TinyState(1.0).save(tmp_path, 1)
-    save = paddle.save
-
-    def save_until_full(obj, path, *args, **kwargs):
-        save(obj, path, *args, **kwargs)
-        if path.endswith('.pdopt.tmp'):
-            raise OSError(28, 'No space left on device')
-
-    monkeypatch.setattr(paddle, 'save', save_until_full)
-    with pytest.raises(UserError, match=r'cannot write checkpoint .*save_2.pdparams: .*No space '
-                                        r'left on device; resume from save_1.pdparams with '):
-        TinyState(2.0).save(tmp_path, 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['save_1.pdopt', 'save_1.pdparams']
-    weights, state = main.load_checkpoint(main.find_checkpoint(tmp_path), 'tiny')
-    assert state['epoch'] == 1 and float(weights['weight'][0, 0]) == 1.0
-
-
-def test_checkpoint_keeps_best_scores_and_generator_states(tmp_path):
-    tiny = TinyState(1.0)
-    best = BestScores()
-    best.update(1, loss=0.5, acc=0.7)
-    best.update(2, loss=0.4, acc=0.6)
-    paddle.seed(5)
-    main.save_checkpoint(tmp_path, 2, 'tiny', tiny.model, tiny.optimizer, tiny.scheduler, best)
-    expected = [random.random(), np.random.rand(), paddle.rand([1]).item()]
-    state = paddle.load(str(tmp_path / 'save_2.pdopt'))
-    assert BestScores(**state['best']) == BestScores(acc=0.7, acc_epoch=1, loss=0.4,
-                                                     loss_epoch=2)
-    assert str(best) == 'best val acc 0.700 (epoch 1), lowest val loss 0.4000 (epoch 2)'
-    main.set_rng_state(state['rng'])
-    assert [random.random(), np.random.rand(), paddle.rand([1]).item()] == expected
 
 
 def test_unfinished_checkpoint_files_are_removed_before_training(data, tmp_path, capsys):

@@ -7,7 +7,7 @@ import pytest
 
 from models import onednn
 from models.resnet import ReLU, generate_model
-from utils import HUGE_PAGES, with_huge_pages
+from environment import HUGE_PAGES, with_huge_pages
 
 pytestmark = pytest.mark.skipif(onednn.load_error() is not None,
                                 reason=f'oneDNN not loadable: {onednn.load_error()}')

@@ -45,7 +45,8 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from utils import UserError, fix_mmap_threshold, run_cli, with_huge_pages
+from environment import fix_mmap_threshold, with_huge_pages
+from utils import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_TAG = 'BENCHMARK_RESULT '
@@ -307,19 +308,19 @@ def clip_reader(case: dict, fn: Callable[[int], object]) -> Callable[[], None]:
 
 def project_dataset(case: dict, folder: Path, annotation: Path):
     """This project's training data set and pipeline, built by main.py's functions."""
-    import main
     from datasets import get_training_data
     from opts import parse_opts
-    from spatial_transforms import RandomHorizontalFlip, RandomResizedCrop, get_mean_std
-    from temporal_transforms import TemporalRandomCrop
+    from spatial_transforms import (RandomHorizontalFlip, RandomResizedCrop, get_mean_std,
+                                    get_spatial_transform)
+    from temporal_transforms import TemporalRandomCrop, get_temporal_transform
     opt = parse_opts(['--video_path', str(folder / 'jpg'), '--annotation_path', str(annotation),
                       '--result_path', str(folder), '--sample_size', str(case['sample_size']),
                       '--sample_duration', str(case['sample_duration'])])
     opt.mean, opt.std = get_mean_std(opt.value_scale, dataset=opt.mean_dataset)
     crop = [RandomResizedCrop(opt.sample_size, (opt.train_crop_min_scale, 1.0),
                               (opt.train_crop_min_ratio, 1.0 / opt.train_crop_min_ratio))]
-    spatial = main.get_spatial_transform(opt, crop, [RandomHorizontalFlip()])
-    temporal = main.get_temporal_transform(opt, TemporalRandomCrop(opt.sample_duration))
+    spatial = get_spatial_transform(opt, crop, [RandomHorizontalFlip()])
+    temporal = get_temporal_transform(opt, TemporalRandomCrop(opt.sample_duration))
     return get_training_data(opt.video_path, opt.annotation_path, opt.dataset, 'rgb', 'jpg',
                              spatial, temporal)
 
@@ -409,16 +410,17 @@ class PeakMemory:
 
 def loader_memory(case: dict) -> dict:
     """Peak memory of each epoch of main.py's training loader with `case['workers']` workers."""
-    import main
+    from datasets.data_loader import make_data_loader
+    from utils import epoch_seed
     with tempfile.TemporaryDirectory() as folder:
         annotation = write_videos(Path(folder), case['n_videos'], case['n_frames'],
                                   case['frame_size'])
         data = project_dataset(case, Path(folder), annotation)
         opt = argparse.Namespace(n_threads=case['workers'], manual_seed=1, distributed=False)
-        loader = main.make_loader(data, case['batch_size'], True, opt)
+        loader = make_data_loader(data, case['batch_size'], True, opt)
         result = {'main_rss': [], 'tree_pss': [], 'seconds': []}
         for epoch in range(1, case['epochs'] + 1):
-            loader.seeder.seed = main.epoch_seed(opt.manual_seed, epoch)
+            loader.seeder.seed = epoch_seed(opt.manual_seed, epoch)
             start = time.perf_counter()
             with PeakMemory() as peak:
                 for _ in loader:
@@ -442,7 +444,7 @@ def run_cases_here(cases: List[dict]) -> None:
     """Subprocess side: measure each case and print one tagged json line of results."""
     results = []
     if any(case['impl'] == 'paddle' for case in cases):
-        fix_mmap_threshold()  # as main.py does (utils.set_cpu_math_env)
+        fix_mmap_threshold()  # as main.py does (environment.set_cpu_math_env)
     for case in cases:
         random.seed(0)
         try:
@@ -470,7 +472,7 @@ def child_env(threads: int, mkl_fix: bool, huge_pages: bool) -> dict:
     env.pop('MKL_DEBUG_CPU_TYPE', None)
     if mkl_fix:
         env['MKL_DEBUG_CPU_TYPE'] = '5'  # MKL's AVX2 kernels on AMD instead of its slow generic path
-    if huge_pages:  # as main.py starts (utils.with_huge_pages)
+    if huge_pages:  # as main.py starts (environment.with_huge_pages)
         with_huge_pages(env)
     return env
 

@@ -26,12 +26,16 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-import numpy as np
-import paddle
-import paddle.nn as nn
+import environment
 
-from model import MODELS
-from utils import UserError, run_cli
+environment.setup()  # before Paddle is imported
+
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+import paddle.nn as nn  # noqa: E402
+
+from model import MODELS  # noqa: E402
+from utils import UserError, run_cli  # noqa: E402
 
 # torch's storage classes (torch.FloatStorage, torch.cuda.FloatStorage, ...) -> numpy dtypes
 STORAGE_DTYPES = {

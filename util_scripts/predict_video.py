@@ -24,22 +24,26 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Dict, Iterator, List, Tuple
 
-import numpy as np
-from PIL import Image
+import environment
 
-# main first: it sets the CPU math environment and imports paddle without its start-up notes
-from main import get_device, get_spatial_transform, get_temporal_transform
-import paddle
-import inference
-from datasets.loader import ImageLoaderPIL, image_name_formatter
-from opts import positive_int
-from spatial_transforms import CenterCrop, Compose, Resize
-from temporal_transforms import SlidingWindow
-from utils import UserError, run_cli
-from .export_model import (INFO_FILE, PROGRAM_PREFIX, build_model, class_names_of, input_shape,
-                           model_info, parse_model_opts, random_clip)
-from .generate_video_jpgs import scale_filter
-from .utils import find_ffmpeg, get_n_frames, last_error_line
+environment.setup()  # before Paddle is imported
+
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import inference  # noqa: E402
+from datasets.loader import ImageLoaderPIL, image_name_formatter  # noqa: E402
+from model import get_device  # noqa: E402
+from opts import positive_int  # noqa: E402
+from spatial_transforms import CenterCrop, Compose, Resize, get_spatial_transform  # noqa: E402
+from temporal_transforms import SlidingWindow, get_temporal_transform  # noqa: E402
+from utils import UserError, run_cli  # noqa: E402
+
+from .export_model import (INFO_FILE, PROGRAM_PREFIX, build_model, class_names_of,  # noqa: E402
+                           input_shape, model_info, parse_model_opts, random_clip)
+from .generate_video_jpgs import scale_filter  # noqa: E402
+from .utils import find_ffmpeg, get_n_frames, last_error_line  # noqa: E402
 
 FRAME_SIZE = 240  # shorter side of the frames, as generate_video_jpgs writes them
 

@@ -1,0 +1,201 @@
+"""checkpoints.py: atomic writes, damaged files detected and skipped, training state restored."""
+import os
+import random
+import warnings
+
+import numpy as np
+import paddle
+import pytest
+
+from checkpoints import (get_rng_state, load_checkpoint, restore_training_state, resume_hint,
+                         save_checkpoint, set_rng_state)
+from utils import BestScores, UserError
+
+
+def test_resume_hint_says_when_there_is_no_checkpoint(tmp_path):
+    assert resume_hint(tmp_path) == f'no complete checkpoint in {tmp_path} to resume from'
+
+
+class TinyState:
+    """Stand-ins for the model, optimizer and scheduler of save_checkpoint."""
+
+    def __init__(self, value):
+        self.model = paddle.nn.Linear(2, 2)
+        self.model.weight.set_value(np.full([2, 2], value, 'float32'))
+        self.optimizer = paddle.optimizer.Momentum(0.1, parameters=self.model.parameters())
+        self.scheduler = paddle.optimizer.lr.MultiStepDecay(0.1, [10])
+
+    def save(self, result_path, epoch):
+        save_checkpoint(result_path, epoch, 'tiny', self.model, self.optimizer,
+                             self.scheduler, BestScores())
+
+
+def test_checkpoint_cut_between_its_renames_is_never_paired_with_an_older_write(tmp_path,
+                                                                             monkeypatch):
+    TinyState(1.0).save(tmp_path, 1)
+    TinyState(2.0).save(tmp_path, 2)
+    replace, renamed = os.replace, []
+
+    def stop_after_one_rename(source, target):
+        if renamed:
+            raise KeyboardInterrupt
+        renamed.append(target)
+        replace(source, target)
+
+    monkeypatch.setattr(os, 'replace', stop_after_one_rename)
+    with pytest.raises(KeyboardInterrupt):
+        TinyState(3.0).save(tmp_path, 2)
+    assert [p.name for p in renamed] == ['save_2.pdparams']
+    with pytest.warns(UserWarning, match='skipping save_2 .* one of its two files'):
+        assert load_checkpoint(tmp_path, 'tiny').path.name == 'save_1.pdparams'
+    assert not list(tmp_path.glob('*.tmp'))
+
+
+def test_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_the_older(tmp_path,
+                                                                             monkeypatch):
+    TinyState(1.0).save(tmp_path, 1)
+    save = paddle.save
+
+    def save_until_full(obj, path, *args, **kwargs):
+        save(obj, path, *args, **kwargs)
+        if path.endswith('.pdopt.tmp'):
+            raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(paddle, 'save', save_until_full)
+    with pytest.raises(UserError, match=r'cannot write checkpoint .*save_2.pdparams: .*No space '
+                                        r'left on device; resume from save_1.pdparams with '):
+        TinyState(2.0).save(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['save_1.pdopt', 'save_1.pdparams']
+    checkpoint = load_checkpoint(tmp_path, 'tiny')
+    assert checkpoint.state['epoch'] == 1 and float(checkpoint.weights['weight'][0, 0]) == 1.0
+
+
+def test_checkpoint_keeps_best_scores_and_generator_states(tmp_path):
+    tiny = TinyState(1.0)
+    best = BestScores()
+    best.update(1, loss=0.5, acc=0.7)
+    best.update(2, loss=0.4, acc=0.6)
+    paddle.seed(5)
+    save_checkpoint(tmp_path, 2, 'tiny', tiny.model, tiny.optimizer, tiny.scheduler, best)
+    expected = [random.random(), np.random.rand(), paddle.rand([1]).item()]
+    state = paddle.load(str(tmp_path / 'save_2.pdopt'))
+    assert BestScores(**state['best']) == BestScores(acc=0.7, acc_epoch=1, loss=0.4,
+                                                     loss_epoch=2)
+    assert str(best) == 'best val acc 0.700 (epoch 1), lowest val loss 0.4000 (epoch 2)'
+    set_rng_state(state['rng'])
+    assert [random.random(), np.random.rand(), paddle.rand([1]).item()] == expected
+
+
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def flip_a_bit(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def empty(path):
+    path.write_bytes(b'')
+
+
+DAMAGES = {
+    'truncated weights': ('pdparams', truncate, r'save_2.pdparams is damaged'),
+    'bit-flipped weights': ('pdparams', flip_a_bit, r'save_2.pdparams is damaged: its contents '
+                                                    r'do not match the checksum'),
+    'empty weights': ('pdparams', empty, r'save_2.pdparams is damaged'),
+    'truncated state': ('pdopt', truncate, r'save_2.pdopt is damaged: unreadable'),
+    'empty state': ('pdopt', empty, r'save_2.pdopt is damaged: empty'),
+    'state without weights': ('pdparams', os.remove, r'save_2.pdparams is missing'),
+}
+
+
+@pytest.mark.parametrize('damage', DAMAGES)
+def test_a_damaged_checkpoint_given_by_name_is_one_line(tmp_path, damage):
+    suffix, spoil, message = DAMAGES[damage]
+    TinyState(2.0).save(tmp_path, 2)
+    spoil(tmp_path / f'save_2.{suffix}')
+    with pytest.raises(UserError, match=r'^--resume_path: .*' + message):
+        load_checkpoint(tmp_path / 'save_2.pdparams', 'tiny')
+
+
+@pytest.mark.parametrize('damage', DAMAGES)
+def test_a_damaged_newest_checkpoint_in_a_folder_is_skipped_with_a_warning(tmp_path, damage):
+    suffix, spoil, _ = DAMAGES[damage]
+    TinyState(1.0).save(tmp_path, 1)
+    TinyState(2.0).save(tmp_path, 2)
+    spoil(tmp_path / f'save_2.{suffix}')
+    with pytest.warns(UserWarning, match=r'--resume_path: skipping save_2'):
+        checkpoint = load_checkpoint(tmp_path, 'tiny')
+    assert checkpoint.path.name == 'save_1.pdparams'
+    assert float(checkpoint.weights['weight'][0, 0]) == 1.0
+
+
+def test_a_folder_without_an_intact_checkpoint_is_one_line(tmp_path):
+    TinyState(1.0).save(tmp_path, 1)
+    flip_a_bit(tmp_path / 'save_1.pdparams')
+    with pytest.warns(UserWarning), pytest.raises(UserError, match='no intact checkpoint'):
+        load_checkpoint(tmp_path, 'tiny')
+
+
+def test_checkpoint_of_another_architecture_is_one_line(tmp_path):
+    TinyState(1.0).save(tmp_path, 1)
+    with pytest.raises(UserError, match='was saved by tiny, but the model is resnet-18'):
+        load_checkpoint(tmp_path, 'resnet-18')
+
+
+def test_paddle_random_state_of_another_device_count_is_restored_where_it_matches():
+    # a run saved on 2 devices, resumed on this one (the CPU has one generator; 8 GPUs -> 1 GPU
+    # is the same mismatch): set_rng_state would raise, restore_training_state warns once
+    paddle.seed(11)
+    state = get_rng_state()
+    expected = paddle.rand([3]).numpy()
+    state['paddle'] = list(state['paddle']) * 2
+    paddle.seed(99)
+    with pytest.warns(UserWarning, match=r'of 2 cpu device\(s\), this run has 1: restored for '
+                                         r'the first 1'):
+        set_rng_state(state)
+    np.testing.assert_array_equal(paddle.rand([3]).numpy(), expected)
+
+
+def test_paddle_random_state_of_another_device_kind_is_skipped_with_a_warning():
+    paddle.seed(3)
+    state = dict(get_rng_state(), paddle_device='gpu')
+    expected = paddle.rand([2]).numpy()
+    paddle.seed(3)
+    with pytest.warns(UserWarning, match=r'of 1 gpu device\(s\), this run is on cpu: not '
+                                         r'restored'):
+        set_rng_state(state)
+    np.testing.assert_array_equal(paddle.rand([2]).numpy(), expected)  # left as it was
+
+
+def test_restore_training_state_puts_back_optimizer_scheduler_and_best(tmp_path):
+    saved = TinyState(1.0)
+    saved.model(paddle.ones([1, 2])).sum().backward()
+    saved.optimizer.step()  # a momentum buffer to restore
+    saved.scheduler.step()
+    best = BestScores()
+    best.update(1, loss=0.3, acc=0.9)
+    save_checkpoint(tmp_path, 1, 'tiny', saved.model, saved.optimizer, saved.scheduler, best)
+
+    fresh = TinyState(0.0)  # a new process: other unique parameter names
+    checkpoint = load_checkpoint(tmp_path, 'tiny')
+    fresh.model.set_state_dict(checkpoint.weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        restored = restore_training_state(checkpoint.state, fresh.model, fresh.optimizer,
+                                          fresh.scheduler, milestones=[20])
+    assert restored == best
+    assert fresh.scheduler.last_epoch == saved.scheduler.last_epoch
+    assert fresh.scheduler.milestones == [20]
+    saved_velocity = [v.numpy() for k, v in saved.optimizer.state_dict().items()
+                      if 'velocity' in k]
+    fresh_velocity = [v.numpy() for k, v in fresh.optimizer.state_dict().items()
+                      if 'velocity' in k]
+    assert len(saved_velocity) == 2 and np.any(saved_velocity[0] != 0)
+    for a, b in zip(saved_velocity, fresh_velocity):
+        np.testing.assert_array_equal(a, b)
+    assert restore_training_state(None, fresh.model) == BestScores()

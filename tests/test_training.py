@@ -1,0 +1,107 @@
+"""training.py and validation.py: the loss, mixed precision's choices, batched reads, video accuracy."""
+import importlib
+
+import numpy as np
+import paddle
+import pytest
+
+import training
+import validation
+from utils import UserError
+
+
+def test_loss_is_not_clipped_and_has_cross_entropys_gradient():
+    logits = paddle.to_tensor([[100.0, -100.0], [0.3, -0.2]], stop_gradient=False)
+    targets = paddle.to_tensor([1, 0])
+    loss = training.calculate_loss(logits, targets)
+    # -log softmax: 200 for the confident wrong row (Paddle's cross_entropy gives 64 there)
+    expected = (200.0 + np.log1p(np.exp(-0.5))) / 2
+    assert abs(float(loss) - expected) < 1e-4
+    loss.backward()
+    shifted = np.exp(logits.numpy() - logits.numpy().max(1, keepdims=True))
+    probs = shifted / shifted.sum(1, keepdims=True)
+    np.testing.assert_allclose(logits.grad.numpy(), (probs - np.eye(2)[[1, 0]]) / 2, atol=1e-6)
+
+
+def test_amp_puts_the_3d_convolutions_on_the_half_precision_list(monkeypatch):
+    # auto_cast switches itself off on CPU: check what it is asked for, and what Paddle's own
+    # list logic makes of it (without our list, conv3d is on neither list and stays float32)
+    update_list = importlib.import_module('paddle.amp.auto_cast')._update_list
+    for dtype in ('float16', 'bfloat16'):
+        default_white, _ = update_list(None, None, 'O1', dtype)
+        assert 'conv3d' not in default_white
+        calls = []
+        monkeypatch.setattr(paddle.amp, 'auto_cast', lambda **kwargs: calls.append(kwargs))
+        training.autocast(dtype)
+        white, black = update_list(calls[0]['custom_white_list'], None, calls[0]['level'],
+                                   calls[0]['dtype'])
+        assert 'conv3d' in white and calls[0]['dtype'] == dtype
+        assert 'batch_norm' not in white and 'softmax_with_cross_entropy' in black
+
+
+def test_float16_on_an_old_gpu_is_refused_with_one_line(monkeypatch):
+    monkeypatch.setattr(paddle.amp, 'is_float16_supported', lambda device=None: False)
+    with pytest.raises(UserError, match='--amp float16: this GPU has no fast float16'):
+        training.check_amp('float16', 'gpu')
+    monkeypatch.setattr(paddle.amp, 'is_float16_supported', lambda device=None: True)
+    training.check_amp('float16', 'gpu')  # a capable GPU: accepted
+    with pytest.raises(UserError, match='--amp needs a GPU'):
+        training.check_amp('float16', 'cpu')
+
+
+class Recorder:
+    def __init__(self):
+        self.rows = []
+
+    def log(self, row):
+        self.rows.append(dict(row))
+
+
+def test_batch_log_rows_are_those_of_each_step_though_read_in_intervals(monkeypatch):
+    paddle.seed(0)
+    rng = np.random.default_rng(0)
+    batches = [(paddle.to_tensor(rng.normal(size=(3, 4)).astype('float32')),
+                paddle.to_tensor(rng.integers(0, 2, size=3)))
+               for _ in range(training.READ_INTERVAL + 3)]
+
+    def run(interval):
+        monkeypatch.setattr(training, 'READ_INTERVAL', interval)
+        paddle.seed(1)
+        model = paddle.nn.Linear(4, 2)
+        optimizer = paddle.optimizer.SGD(0.1, parameters=model.parameters())
+        batch_log, epoch_log = Recorder(), Recorder()
+        result = training.train_epoch(1, batches, model, optimizer, 0.1, epoch_log, batch_log)
+        return batch_log.rows, epoch_log.rows, result[:2]
+
+    stepwise, read_in_intervals = run(1), run(training.READ_INTERVAL)
+    assert len(stepwise[0]) == len(batches)
+    for a, b in zip(stepwise[0], read_in_intervals[0]):
+        assert a.keys() == b.keys() and a['batch'] == b['batch']
+        assert a['loss'] == pytest.approx(b['loss'], rel=1e-6) and a['acc'] == b['acc']
+    assert stepwise[2] == pytest.approx(read_in_intervals[2], rel=1e-6)
+    # the rows hold each batch's own loss, not a running mean
+    losses = [row['loss'] for row in stepwise[0]]
+    assert len(set(np.round(losses, 6))) > 1
+
+
+def test_video_accuracy_averages_each_videos_clip_scores():
+    # video 0: two clips, one confidently wrong, one mildly right -> wrong on average;
+    # video 1: one clip, right; video 2: three clips, two right
+    logits = paddle.to_tensor([[5.0, 0.0], [0.0, 0.5],
+                               [0.0, 3.0],
+                               [2.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    targets = paddle.to_tensor([1, 1, 1, 0, 0, 0])
+    correct, videos = validation.video_correct(logits, targets, [2, 1, 3])
+    assert float(videos) == 3 and float(correct) == 2
+
+
+def test_val_epoch_reports_clip_and_video_accuracy():
+    model = paddle.nn.Linear(2, 2)
+    model.weight.set_value(np.eye(2, dtype='float32'))
+    model.bias.set_value(np.zeros(2, 'float32'))
+    batch = (paddle.to_tensor([[5.0, 0.0], [0.0, 0.5], [0.0, 3.0]]), paddle.to_tensor([1, 1, 1]),
+             np.array([2, 1]))
+    log = Recorder()
+    loss, clip_acc, video_acc, _ = validation.val_epoch(1, [batch], model, log)
+    assert clip_acc == pytest.approx(2 / 3) and video_acc == 0.5
+    assert log.rows == [{'epoch': 1, 'loss': loss, 'acc': clip_acc, 'video_acc': video_acc}]
