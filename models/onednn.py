@@ -6,7 +6,9 @@ PyTorch, whose CPU convolutions are oneDNN's. Paddle ships oneDNN (`paddle/libs/
 but its dygraph does not call it for conv3d, so `Conv3D` below calls it through oneDNN's C API
 (ctypes): plain NCDHW tensors are reordered into the layout oneDNN picks, convolved, and the
 result reordered back. Where the library cannot be loaded (or is not oneDNN 3.x), or outside
-dygraph on CPU (`paddle.jit` export, GPU), `Conv3D` is Paddle's own.
+dygraph on CPU (`paddle.jit` export, GPU), `Conv3D` is Paddle's own. oneDNN gets host memory
+only: input and weights both on the CPU, results allocated there; the library is loaded on
+the first convolution that qualifies, so GPU runs never load it.
 
 Reading guide: `_SIGNATURES` declares every C function called; `_Library` owns the engine,
 stream and memory objects; `_Plan` holds the three primitives of one convolution shape;
@@ -481,7 +483,7 @@ class _BatchChunks:
         self.library = library()
 
     def forward(self, x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
-        y = paddle.empty(self.y_shape, dtype='float32')
+        y = _empty(self.y_shape, x.place)
         with _lock:
             for start, count in self.chunks:
                 self.plans[count].run('forward', {'src': x.data_ptr() + start * self.x_clip,
@@ -491,12 +493,11 @@ class _BatchChunks:
         return y
 
     def backward(self, x, weight, grad_y, need_x: bool, need_weights: bool):
-        grad_x = paddle.empty(x.shape, dtype='float32') if need_x else None
+        grad_x = _empty(x.shape, x.place) if need_x else None
         grad_w = chunk_grad_w = None
         if need_weights:  # summed over the chunks
-            grad_w = paddle.empty(weight.shape, dtype='float32')
-            chunk_grad_w = paddle.empty(weight.shape, dtype='float32') if len(
-                self.chunks) > 1 else grad_w
+            grad_w = _empty(weight.shape, x.place)
+            chunk_grad_w = _empty(weight.shape, x.place) if len(self.chunks) > 1 else grad_w
         with _lock:
             for i, (start, count) in enumerate(self.chunks):
                 self.plans[count].backward(
@@ -508,6 +509,16 @@ class _BatchChunks:
                 if need_weights and i > 0:
                     grad_w.add_(chunk_grad_w)
         return grad_x, grad_w
+def _on_cpu(*tensors: paddle.Tensor) -> bool:
+    return all(t.place.is_cpu_place() for t in tensors)
+
+
+def _empty(shape, place) -> paddle.Tensor:
+    """An uninitialized float32 tensor on `place`; `paddle.empty` would allocate on the default
+    device (a GPU on GPU machines) and takes no place in Paddle 2.6."""
+    return paddle._C_ops.empty(list(shape), paddle.float32, place)
+
+
 class _Convolution(PyLayer):
     @staticmethod
     def forward(ctx, x, weight, convolution):
@@ -527,7 +538,11 @@ class _Convolution(PyLayer):
 @paddle.jit.not_to_static  # Paddle 2.6 may run paddle.jit's rewrite of Conv3D.forward in dygraph
 def conv3d(x: paddle.Tensor, weight: paddle.Tensor, stride, padding, groups: int = 1):
     """`paddle.nn.functional.conv3d(x, weight, stride=stride, padding=padding, groups=groups)`
-    (NCDHW, no bias, no dilation) on oneDNN."""
+    (float32 NCDHW, no bias, no dilation) on oneDNN when x and weight are on the CPU and the
+    library loads, else on Paddle's kernel."""
+    if not (_on_cpu(x, weight) and library() is not None):  # _on_cpu first: no load on GPUs
+        return paddle.nn.functional.conv3d(x, weight, stride=stride, padding=padding,
+                                           groups=groups)
     if hasattr(x, 'contiguous'):
         x = x.contiguous()
     try:
@@ -541,9 +556,9 @@ def conv3d(x: paddle.Tensor, weight: paddle.Tensor, stride, padding, groups: int
 
 
 class Conv3D(paddle.nn.Conv3D):
-    """`paddle.nn.Conv3D` (same parameters, names and state dict) whose dygraph forward on CPU
-    runs on oneDNN when it can: float32, NCDHW, zeros padding of one number per dimension, no
-    dilation."""
+    """`paddle.nn.Conv3D` (same parameters, names and state dict) whose dygraph forward runs on
+    oneDNN when it can: input and weights on the CPU, float32, NCDHW, zeros padding of one
+    number per dimension, no dilation."""
 
     def forward(self, x):
         padding = self._onednn_padding(x)
@@ -563,8 +578,9 @@ class Conv3D(paddle.nn.Conv3D):
         if not (isinstance(padding, (list, tuple)) and len(padding) == 3
                 and all(isinstance(p, int) for p in padding)):
             return None
-        if (paddle.in_dynamic_mode() and enabled() and x.place.is_cpu_place()
+        if (paddle.in_dynamic_mode() and _on_cpu(x, self.weight)
                 and x.dtype == paddle.float32 and self._data_format == 'NCDHW'
-                and self._padding_mode == 'zeros' and list(self._dilation) == [1, 1, 1]):
+                and self._padding_mode == 'zeros' and list(self._dilation) == [1, 1, 1]
+                and enabled()):  # last: loads the library
             return list(padding)
         return None

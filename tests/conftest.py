@@ -65,6 +65,17 @@ def make_motion_dataset(root: Path, n_train: int = 16, n_val: int = 8, n_frames:
     return video_path, annotation_path
 
 
+@pytest.fixture
+def cpu():
+    """Paddle's default device is the CPU during the test: the oneDNN convolutions take host
+    memory only (elsewhere they run Paddle's kernel, and a test of them would test nothing)."""
+    import paddle
+    device = paddle.get_device()
+    paddle.set_device('cpu')
+    yield
+    paddle.set_device(device)
+
+
 @pytest.fixture(scope='session')
 def motion_data(tmp_path_factory):
     """(video_path, annotation_path) of the two-class motion set, made once per test session."""

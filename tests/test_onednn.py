@@ -9,8 +9,9 @@ from models import onednn
 from models.resnet import ReLU, generate_model
 from environment import HUGE_PAGES, with_huge_pages
 
-pytestmark = pytest.mark.skipif(onednn.load_error() is not None,
-                                reason=f'oneDNN not loadable: {onednn.load_error()}')
+pytestmark = [pytest.mark.skipif(onednn.load_error() is not None,
+                                 reason=f'oneDNN not loadable: {onednn.load_error()}'),
+              pytest.mark.usefixtures('cpu')]  # oneDNN takes host memory only
 
 
 def relative(actual, expected) -> float:

@@ -12,8 +12,9 @@ import pytest
 
 from models import onednn
 
-pytestmark = pytest.mark.skipif(onednn.load_error() is not None,
-                                reason=f'oneDNN not loadable: {onednn.load_error()}')
+pytestmark = [pytest.mark.skipif(onednn.load_error() is not None,
+                                 reason=f'oneDNN not loadable: {onednn.load_error()}'),
+              pytest.mark.usefixtures('cpu')]
 ROOT = Path(__file__).resolve().parents[1]
 
 
