@@ -1,23 +1,33 @@
 """Dataset builders for training, validation and inference (the reference's `dataset.py`)."""
 from pathlib import Path
 
-from .loader import VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5, image_name_formatter
+from utils import UserError
+from .layout import FileLayout, FrameFolderLayout, VideoFileLayout
+from .loader import (VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5, VideoLoaderPyAV,
+                     image_name_formatter)
 from .videodataset import VideoDataset
 from .videodataset_multiclips import VideoDatasetMultiClips, collate_fn
 
 DATASETS = ('kinetics', 'activitynet', 'ucf101', 'hmdb51', 'mit')
 INFERENCE_SUBSETS = {'train': 'training', 'val': 'validation', 'test': 'testing'}
+FILE_TYPES = ('jpg', 'hdf5', 'video')
+# Shorter side of the frames decoded from video files: generate_video_jpgs' default --size, so
+# that `--file_type video` feeds the model what the jpg folders would.
+VIDEO_FRAME_SIZE = 240
 
 
 def get_loader_and_formatter(input_type: str, file_type: str):
     """The frame loader and the video path layout for `--input_type` and `--file_type`."""
+    if file_type not in FILE_TYPES:
+        raise UserError(f'unknown --file_type {file_type!r}: one of {", ".join(FILE_TYPES)}')
+    if input_type == 'flow' and file_type != 'hdf5':
+        raise UserError('--input_type flow needs --file_type hdf5')
     if file_type == 'jpg':
-        if input_type != 'rgb':
-            raise ValueError('--input_type flow needs --file_type hdf5')
-        return VideoLoader(image_name_formatter), (
-            lambda root_path, label, video_id: root_path / label / video_id)
+        return VideoLoader(image_name_formatter), FrameFolderLayout()
+    if file_type == 'video':
+        return VideoLoaderPyAV(VIDEO_FRAME_SIZE), VideoFileLayout()
     loader = VideoLoaderHDF5() if input_type == 'rgb' else VideoLoaderFlowHDF5()
-    return loader, (lambda root_path, label, video_id: root_path / label / f'{video_id}.hdf5')
+    return loader, FileLayout('.hdf5', 'hdf5 file')
 
 
 def _dataset(cls, video_path: Path, annotation_path: Path, subset: str, input_type: str,

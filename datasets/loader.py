@@ -1,11 +1,15 @@
-"""Frame loaders: a video is a folder of `image_00001.jpg, ...` (or an hdf5 file of encoded frames).
+"""Frame loaders: a video is a folder of `image_00001.jpg, ...`, an hdf5 file of encoded frames
+or a video file.
 
 Every loader returns one image per requested index or raises `FrameError` for the first frame
-that is missing or cannot be decoded; the dataset decides what to do about it.
+that is missing or cannot be decoded; the dataset decides what to do about it. Frame indices
+are the annotation's: 1-based, frame k being `image_0000k.jpg` of generate_video_jpgs.
 """
 import io
+import os
+from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from PIL import Image, UnidentifiedImageError
 
@@ -90,3 +94,65 @@ class VideoLoaderFlowHDF5:
                 u, v = (hdf5_frame(f[name], i, 'L', video_path) for name in ('video_u', 'video_v'))
                 video.append(Image.merge('RGB', (u, v, v)))
             return video
+
+
+class VideoLoaderPyAV:
+    """Load frames straight from a video file with PyAV: frame k is the frame generate_video_jpgs
+    writes as `image_0000k.jpg`, scaled as it scales them (shorter side `size`; None: the
+    video's own size).
+
+    A clip costs a seek to the keyframe before its first frame and the decoding from there; the
+    loader keeps its `cache_size` most recently used videos open (per process: worker
+    processes forked from a parent with open videos start with an empty cache), so the next
+    clip of the same video continues where the last one stopped.
+    """
+
+    def __init__(self, size: Optional[int] = 240, cache_size: int = 4):
+        self.size = size
+        self.cache_size = cache_size
+        self._cache: OrderedDict = OrderedDict()  # str(path) -> VideoReader or FrameError
+        self._pid = os.getpid()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_cache'] = OrderedDict()
+        return state
+
+    def _reader(self, video_path: Path):
+        """The open reader of a video (or the FrameError saying why it cannot be read)."""
+        from .video_reader import VideoReadError, VideoReader
+        if self._pid != os.getpid():  # a forked worker: the parent's open files are not ours
+            self._cache, self._pid = OrderedDict(), os.getpid()
+        key = str(video_path)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        try:
+            reader = VideoReader(video_path, self.size)
+        except VideoReadError as e:
+            reader = FrameError(f'cannot read video {video_path}: {e}')
+        except FileNotFoundError:
+            reader = FrameError(f'video {video_path} is missing')
+        self._cache[key] = reader
+        while len(self._cache) > self.cache_size:
+            _, old = self._cache.popitem(last=False)
+            if not isinstance(old, FrameError):
+                old.close()
+        return reader
+
+    def load_each(self, video_path: Path,
+                  frame_indices: Sequence[int]) -> Dict[int, Union[Image.Image, FrameError]]:
+        """{index: image, or the FrameError of a frame that is missing or does not decode}."""
+        reader = self._reader(video_path)
+        if isinstance(reader, FrameError):
+            return {i: reader for i in frame_indices}
+        return {i: (FrameError(f'frame {i} of {video_path} {why}') if isinstance(why, str)
+                    else why)
+                for i, why in reader.read(frame_indices).items()}
+
+    def __call__(self, video_path: Path, frame_indices: Sequence[int]) -> List[Image.Image]:
+        frames = self.load_each(video_path, frame_indices)
+        for i in frame_indices:
+            if isinstance(frames[i], FrameError):
+                raise frames[i]
+        return [frames[i] for i in frame_indices]

@@ -62,10 +62,12 @@ def nearest_readable_frames(loader: Callable, video_path: Path, frame_indices: S
     """The frames `frame_indices` of a video, each unreadable one replaced by the nearest readable
     frame among `video_indices` (the earlier one on a tie); and the errors of the replaced frames.
 
-    Frames are read one at a time, each at most once. Raises NoReadableFrame when no frame of
-    `video_indices` can be read.
+    Frames are read at most once: those of the clip together when the loader has `load_each`,
+    the others one at a time. Raises NoReadableFrame when no frame of `video_indices` can be read.
     """
     read = {}  # index -> image or FrameError
+    if hasattr(loader, 'load_each'):  # loaders that read a clip at once (video files)
+        read.update(loader.load_each(video_path, frame_indices))
 
     def frame(i):
         if i not in read:
@@ -203,15 +205,16 @@ class VideoDataset:
                 'video_id': video_id,
                 'label': label_id,
             })
+        what = getattr(video_path_formatter, 'what', 'frame folder')
         if missing:
-            warnings.warn(f'{len(missing)} of {len(video_ids)} {subset} videos have no frame '
-                          f'folder and are skipped (first: {missing[0]})', stacklevel=2)
+            warnings.warn(f'{len(missing)} of {len(video_ids)} {subset} videos have no {what} '
+                          f'and are skipped (first: {missing[0]})', stacklevel=2)
         if empty:
             warnings.warn(f'{empty} {subset} videos have no frames (segment [1, 1]) and are '
                           'skipped', stacklevel=2)
         if not dataset:
             raise UserError(f'no usable {subset} videos: {annotation_path} lists '
-                            f'{len(video_ids)}, {len(missing)} of them without a frame folder '
+                            f'{len(video_ids)}, {len(missing)} of them without a {what} '
                             f'under {root_path}')
         return dataset, idx_to_class
 

@@ -7,6 +7,11 @@ kinetics and mit read `.mp4`, and Kinetics' unlabelled `SRC/test/` is just one m
 activitynet reads a flat `SRC/<video>.mp4` -> `DST/<video>/`. Frames have their shorter side
 scaled to `--size` (aspect kept, the other side rounded to an even number).
 
+One image is written per decoded frame (ffmpeg's `-fps_mode passthrough`), so `image_0000k.jpg`
+is the k-th frame of the video, the frame `--file_type video` reads as frame k, and a video of
+variable frame rate is not padded with repeated frames to its nominal rate (ffmpeg's default for
+image files). `--fps` resamples to a constant rate instead.
+
 Frames are written to a hidden `.<video>.part` folder that is renamed when ffmpeg has finished,
 so a killed run never leaves a folder that looks complete. A folder that already holds as many
 frames as the video is skipped; one with fewer (e.g. from an interrupted reference run) is redone.
@@ -23,8 +28,9 @@ from typing import List, Optional, Tuple
 from tqdm import tqdm
 
 from utils import UserError, run_cli
-from .utils import (VideoError, count_decoded_frames, get_n_frames, last_error_line, probe_video,
-                    require_dir, run_ffmpeg)
+from datasets.video_reader import scale_expression
+from .utils import (VideoError, count_decoded_frames, get_n_frames, last_error_line,
+                    passthrough_args, probe_video, require_dir, run_ffmpeg)
 
 VIDEO_EXTENSIONS = {'ucf101': '.avi', 'hmdb51': '.avi', 'kinetics': '.mp4', 'mit': '.mp4',
                     'activitynet': '.mp4'}
@@ -45,8 +51,9 @@ def list_videos(src: Path, dst: Path, dataset: str) -> List[Tuple[Path, Path]]:
 
 
 def scale_filter(size: int) -> str:
-    """Shorter side -> `size`; -2 keeps the aspect with an even length (what most codecs want)."""
-    return f"scale='if(gt(iw,ih),-2,{size})':'if(gt(iw,ih),{size},-2)'"
+    """Shorter side -> `size`; -2 keeps the aspect with an even length (what most codecs want).
+    The video loader runs the same filter (datasets/video_reader.py)."""
+    return f'scale={scale_expression(size)}'
 
 
 def is_complete(video_path: Path, frame_dir: Path, fps: Optional[float]) -> bool:
@@ -74,7 +81,8 @@ def video_process(video_path: Path, frame_dir: Path, fps: Optional[float], size:
     part_dir.mkdir(parents=True)
     vf = scale_filter(size) + (f',fps={fps}' if fps else '')
     result = run_ffmpeg(['-v', 'error', '-threads', '1', '-i', video_path, '-map', '0:v:0',
-                         '-vf', vf, '-threads', '1', part_dir / 'image_%05d.jpg'])
+                         '-vf', vf, *passthrough_args(), '-threads', '1',
+                         part_dir / 'image_%05d.jpg'])
     if result.returncode != 0 or get_n_frames(part_dir) == 0:
         shutil.rmtree(part_dir, ignore_errors=True)
         raise VideoError(last_error_line(result.stderr, video_path) if result.returncode

@@ -38,6 +38,17 @@ def run_ffmpeg(args: List[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, **kwargs)
 
 
+@functools.lru_cache(maxsize=1)
+def passthrough_args() -> List[str]:
+    """ffmpeg's options for "write every decoded frame once, no repeats or drops to a constant
+    rate": `-fps_mode passthrough` (ffmpeg 5.1 on), `-vsync passthrough` before it."""
+    probe = run_ffmpeg(['-v', 'error', '-f', 'lavfi', '-i', 'nullsrc=s=16x16:d=0.04',
+                        '-fps_mode', 'passthrough', '-f', 'null', '-'])
+    if probe.returncode == 0:
+        return ['-fps_mode', 'passthrough']
+    return ['-vsync', 'passthrough']
+
+
 def last_error_line(stderr: bytes, video_path: Path) -> str:
     """ffmpeg's last message about a video, without the path it starts with."""
     lines = [line.strip() for line in stderr.decode('utf-8', 'replace').splitlines()
