@@ -23,6 +23,7 @@ import paddle
 import paddle.distributed as dist
 
 from environment import launched_world
+from model import track_unbiased_variance
 from utils import UserError
 
 MAIN_SCRIPT = Path(__file__).resolve().parent / 'main.py'
@@ -129,7 +130,7 @@ def sync_batch_norm(model, device: str):
     """--batchnorm_sync: SyncBatchNorm layers on GPU. Paddle has no CPU kernel for them: there
     the BatchNorm layers stay, and their running statistics are averaged every epoch."""
     if device == 'gpu':
-        return paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return track_unbiased_variance(paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model))
     warnings.warn('--batchnorm_sync: Paddle has no SyncBatchNorm on CPU; training goes on with '
                   'BatchNorm per process (running statistics averaged across processes every '
                   'epoch)')

@@ -90,9 +90,47 @@ def generate_model(opt) -> nn.Layer:
     if opt.model == 'resnext':
         kwargs['cardinality'] = opt.resnext_cardinality
     try:
-        return MODELS[opt.model].generate_model(**kwargs)
+        model = MODELS[opt.model].generate_model(**kwargs)
     except ValueError as e:
         raise UserError(f'--model {opt.model} --model_depth {opt.model_depth}: {e}') from e
+    return track_unbiased_variance(model)
+
+
+def track_unbiased_variance(model: nn.Layer) -> nn.Layer:
+    """Make every BatchNorm layer of `model` track the running variance as the reference does.
+
+    Paddle updates it with the batch's biased variance (divided by n), PyTorch with the unbiased
+    one (divided by n - 1, n = the values per channel: N x T x H x W): eval-mode statistics would
+    drift from the reference's by about 1/n per step. After each training forward pass, the
+    update is scaled by n / (n - 1). With momentum m, Paddle's update is
+    var' = m * var + (1 - m) * batch_var, so (1 - m) * batch_var = var' - m * var, and adding
+    (var' - m * var) / (n - 1) gives PyTorch's. Only per-channel vectors are touched.
+    """
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, nn.layer.norm._BatchNormBase) and not hasattr(layer, '_var_before'):
+            layer._var_before = None
+            layer.register_forward_pre_hook(_keep_running_variance)
+            layer.register_forward_post_hook(_unbias_running_variance)
+    return model
+
+
+def _keep_running_variance(layer, inputs):
+    if layer.training and not layer._use_global_stats:
+        layer._var_before = layer._variance.clone()
+
+
+def _unbias_running_variance(layer, inputs, output):
+    before, layer._var_before = layer._var_before, None
+    if before is None:
+        return
+    x = inputs[0]
+    n = int(np.prod(x.shape)) // x.shape[1 if layer._data_format.startswith('NC') else -1]
+    if isinstance(layer, nn.SyncBatchNorm):
+        n *= paddle.distributed.get_world_size()
+    if n > 1:
+        with paddle.no_grad():
+            new = layer._variance
+            new.set_value(new + (new - layer._momentum * before) / (n - 1))
 
 
 def load_pretrained_model(model: nn.Layer, pretrain_path: Path, model_name: str,
