@@ -105,12 +105,86 @@ def test_ucf101_json_user_errors(ucf, tmp_path):
     annotations, jpg = ucf
     with pytest.raises(UserError, match='the destination is a directory'):
         ucf101_json.main([str(annotations), str(jpg), str(tmp_path / 'ucf101_01.json')])
-    with pytest.raises(UserError, match=f'jpg video directory not found: {tmp_path / "nope"}'):
+    with pytest.raises(UserError, match=f'video directory not found: {tmp_path / "nope"}'):
         ucf101_json.main([str(annotations), str(tmp_path / 'nope'), str(tmp_path / 'json')])
     with (annotations / 'testlist02.txt').open('a') as f:
         f.write('Rowing/v_Rowing_g01_c01.avi\r\n')
     with pytest.raises(UserError, match=r"testlist02.txt line 4: class 'Rowing' is not in"):
         ucf101_json.main([str(annotations), str(jpg), str(tmp_path / 'json')])
+
+
+def make_video(path: Path, n_frames: int, rate: int = 25, codec=('-c:v', 'mpeg4')) -> None:
+    """A tiny test-pattern video of `n_frames` frames."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([find_ffmpeg(), '-v', 'error', '-y', '-f', 'lavfi', '-i',
+                    f'testsrc=size=64x48:rate={rate}', '-frames:v', str(n_frames), *codec,
+                    '-pix_fmt', 'yuv420p', str(path)], check=True)
+
+
+def test_ucf101_json_from_videos_counts_what_generate_video_jpgs_writes(ucf, tmp_path, capsys):
+    from util_scripts import generate_video_jpgs
+    annotations, _ = ucf
+    videos = tmp_path / 'videos'
+    for index, c in enumerate(UCF_CLASSES):
+        make_video(videos / c / f'v_{c}_g01_c01.avi', 10 + index)
+    make_video(videos / 'Zumba' / 'v_Zumba_g02_c01.avi', 7, codec=('-c:v', 'libx264', '-bf', '2'))
+    generate_video_jpgs.main([str(videos), str(tmp_path / 'frames'), 'ucf101', '--size', '16'])
+    (videos / 'Biking' / 'v_Biking_g02_c01.avi').write_bytes(b'RIFF but not a video')
+    capsys.readouterr()
+    ucf101_json.main([str(annotations), str(videos), str(tmp_path / 'json'), '--n_jobs', '2'])
+
+    database = load(tmp_path / 'json' / 'ucf101_01.json')['database']
+    for c in UCF_CLASSES:
+        n_jpgs = len(list((tmp_path / 'frames' / c / f'v_{c}_g01_c01').glob('*.jpg')))
+        assert database[f'v_{c}_g01_c01']['annotations']['segment'] == [1, n_jpgs + 1]
+    assert [database[f'v_{c}_g01_c01']['annotations']['segment'][1] for c in UCF_CLASSES] == [
+        11, 12, 13]
+    assert database['v_Zumba_g02_c01']['annotations']['segment'] == [1, 8]
+    assert database['v_Biking_g02_c01']['annotations']['segment'] == [1, 1]
+    assert database['v_ApplyLipstick_g02_c01']['annotations']['segment'] == [1, 1]
+    err = capsys.readouterr().err
+    # Each video is decoded once for the three splits; the broken one is named in each.
+    assert err.count('counting frames:   0%') == 1
+    assert err.count(f'does not decode: {videos / "Biking" / "v_Biking_g02_c01.avi"}: '
+                     'cannot open: ') == 3
+    assert err.count('warning: 1 of 6 videos have no frame folder or video file') == 3
+
+
+def test_video_counts_of_kinetics_mit_and_hmdb51_via_module(tmp_path):
+    csv_dir, videos = tmp_path / 'csv', tmp_path / 'videos'
+    csv_dir.mkdir()
+    (csv_dir / 'kinetics-400_train.csv').write_text(
+        'label,youtube_id,time_start,time_end,split\nzumba,aaa,10,20,train\n')
+    (csv_dir / 'kinetics-400_val.csv').write_text(
+        'label,youtube_id,time_start,time_end,split\nzumba,bbb,0,10,val\n')
+    make_video(videos / 'zumba' / 'aaa_000010_000020.mp4', 6, codec=('-c:v', 'libx264'))
+    make_video(videos / 'zumba' / 'bbb_000000_000010.webm', 4, codec=('-c:v', 'libvpx'))
+    result = run_module('kinetics_json', csv_dir, 400, videos, 'video', tmp_path / 'k.json',
+                        '--n_jobs', '2')
+    assert result.returncode == 0, result.stderr
+    database = load(tmp_path / 'k.json')['database']
+    assert database['aaa_000010_000020']['annotations']['segment'] == [1, 7]
+    assert database['bbb_000000_000010']['annotations']['segment'] == [1, 5]
+
+    mit = tmp_path / 'mit'
+    mit.mkdir()
+    (mit / 'moments_categories.txt').write_text('zumba,0\n')
+    (mit / 'trainingSet.csv').write_text('zumba/aaa_000010_000020.mp4,zumba,3,1\n')
+    (mit / 'validationSet.csv').write_text('zumba/bbb_000000_000010.mp4,zumba,3,1\n')
+    mit_json.main([str(mit), str(videos), str(tmp_path / 'mit.json'), '--n_jobs', '1'])
+    database = load(tmp_path / 'mit.json')['database']
+    assert database['aaa_000010_000020']['annotations']['segment'] == [1, 7]
+    assert database['bbb_000000_000010']['annotations']['segment'] == [1, 5]
+
+    hmdb = tmp_path / 'hmdb'
+    hmdb.mkdir()
+    for split in (1, 2, 3):
+        (hmdb / f'zumba_test_split{split}.txt').write_text(
+            'aaa_000010_000020.avi 1\nbbb_000000_000010.avi 2\n')
+    hmdb51_json.main([str(hmdb), str(videos), str(tmp_path / 'hmdb')])
+    database = load(tmp_path / 'hmdb' / 'hmdb51_1.json')['database']
+    assert database['bbb_000000_000010'] == {
+        'subset': 'validation', 'annotations': {'label': 'zumba', 'segment': [1, 5]}}
 
 
 # HMDB-51 ----------------------------------------------------------------------------------------

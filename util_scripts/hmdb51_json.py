@@ -1,18 +1,21 @@
 """Write the HMDB-51 annotation json of each of the three official splits.
 
-    python -m util_scripts.hmdb51_json ANNOT_DIR JPG_DIR DST_DIR
+    python -m util_scripts.hmdb51_json ANNOT_DIR VIDEO_DIR DST_DIR [--n_jobs N]
 
 ANNOT_DIR holds the split files `<class>_test_split{1,2,3}.txt`, whose lines are
 "<video>.avi <id>" with id 1 = training, 2 = testing (written as `validation`), 0 = unused.
-Classes are the sorted class names of those files. Writes `DST_DIR/hmdb51_{1,2,3}.json`.
+Classes are the sorted class names of those files. VIDEO_DIR holds the frame folders of
+generate_video_jpgs, or the videos `<class>/<video>.avi` (decoded to count their frames).
+Writes `DST_DIR/hmdb51_{1,2,3}.json`.
 """
 import argparse
 import re
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from utils import UserError, run_cli
-from .utils import add_segments, check_dst_dir, new_entry, read_lines, require_dir, write_annotation
+from .utils import (add_n_jobs_argument, add_segments, check_dst_dir, new_entry, read_lines,
+                    require_dir, write_annotation)
 
 N_SPLITS = 3
 SPLIT_FILE = re.compile(r'(?P<label>.+)_test_split(?P<split>\d+)\.txt')
@@ -51,10 +54,10 @@ def convert_csv_to_dict(dir_path: Path, split_index: int) -> Dict[str, dict]:
 
 
 def convert_hmdb51_csv_to_json(dir_path: Path, split_index: int, video_dir_path: Path,
-                               dst_json_path: Path) -> None:
+                               dst_json_path: Path, n_jobs: Optional[int] = None) -> None:
     labels = get_labels(dir_path)
     database = convert_csv_to_dict(dir_path, split_index)
-    n_missing = add_segments(database, video_dir_path)
+    n_missing = add_segments(database, video_dir_path, n_jobs=n_jobs)
     write_annotation(dst_json_path, labels, database, n_missing)
 
 
@@ -63,17 +66,20 @@ def main(argv=None) -> None:
                                      description='Make HMDB-51 annotation json files.')
     parser.add_argument('dir_path', type=Path,
                         help='directory of the <class>_test_split{1,2,3}.txt files')
-    parser.add_argument('video_path', type=Path, help='directory of the jpg frame folders')
+    parser.add_argument('video_path', type=Path,
+                        help='directory of the jpg frame folders <class>/<video>/, or of the '
+                             'videos <class>/<video>.avi')
     parser.add_argument('dst_dir_path', type=Path,
                         help='directory of the json files (created if missing)')
+    add_n_jobs_argument(parser)
     args = parser.parse_args(argv)
 
     require_dir(args.dir_path, 'annotation directory')
-    require_dir(args.video_path, 'jpg video directory')
+    require_dir(args.video_path, 'video directory')
     check_dst_dir(args.dst_dir_path, 'hmdb51_{1,2,3}.json')
     for split in range(1, N_SPLITS + 1):
         convert_hmdb51_csv_to_json(args.dir_path, split, args.video_path,
-                                   args.dst_dir_path / f'hmdb51_{split}.json')
+                                   args.dst_dir_path / f'hmdb51_{split}.json', args.n_jobs)
 
 
 if __name__ == '__main__':

@@ -1,19 +1,22 @@
 """Write the Kinetics annotation json from the crawler's csv files.
 
-    python -m util_scripts.kinetics_json CSV_DIR N_CLASSES VIDEO_DIR {jpg,hdf5} DST_JSON
+    python -m util_scripts.kinetics_json CSV_DIR N_CLASSES VIDEO_DIR {jpg,hdf5,video} DST_JSON
+        [--n_jobs N]
 
 CSV_DIR holds `kinetics-{N_CLASSES}_train.csv` and `_val.csv` (columns label, youtube_id,
 time_start, time_end, ...) and optionally `_test.csv` (no label). A video's id is
 `<youtube_id>_<time_start:06d>_<time_end:06d>`, the name the crawler gives its file; test videos
 live in `VIDEO_DIR/test/`. Classes are in order of first appearance in the training csv.
+VIDEO_DIR holds frame folders (jpg), `<video>.hdf5` files (hdf5) or the videos
+`<class>/<video>.mp4` (video: decoded to count their frames, on N processes).
 """
 import argparse
 import csv
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from utils import UserError, run_cli
-from .utils import add_segments, new_entry, require_dir, write_annotation
+from .utils import add_n_jobs_argument, add_segments, new_entry, require_dir, write_annotation
 
 
 def read_csv(csv_path: Path, columns: List[str]) -> List[dict]:
@@ -53,13 +56,13 @@ def load_labels(train_csv_path: Path) -> List[str]:
 
 def convert_kinetics_csv_to_json(train_csv_path: Path, val_csv_path: Path, test_csv_path: Path,
                                  video_dir_path: Path, video_type: str,
-                                 dst_json_path: Path) -> None:
+                                 dst_json_path: Path, n_jobs: Optional[int] = None) -> None:
     labels = load_labels(train_csv_path)
     database = convert_csv_to_dict(train_csv_path, 'training')
     database.update(convert_csv_to_dict(val_csv_path, 'validation'))
     if test_csv_path.exists():
         database.update(convert_csv_to_dict(test_csv_path, 'testing'))
-    n_missing = add_segments(database, video_dir_path, video_type)
+    n_missing = add_segments(database, video_dir_path, video_type, n_jobs)
     write_annotation(dst_json_path, labels, database, n_missing)
 
 
@@ -71,9 +74,12 @@ def main(argv=None) -> None:
                              '(and optionally kinetics-N_test.csv)')
     parser.add_argument('n_classes', type=int, help='400, 600 or 700 (Kinetics-400/600/700)')
     parser.add_argument('video_path', type=Path,
-                        help='directory of the videos (jpg frame folders or hdf5 files)')
-    parser.add_argument('video_type', choices=['jpg', 'hdf5'], help='how the videos are stored')
+                        help='directory of the videos (jpg frame folders, hdf5 files or video '
+                             'files)')
+    parser.add_argument('video_type', choices=['jpg', 'hdf5', 'video'],
+                        help='how the videos are stored')
     parser.add_argument('dst_path', type=Path, help='path of the json file to write')
+    add_n_jobs_argument(parser)
     args = parser.parse_args(argv)
 
     require_dir(args.dir_path, 'csv directory')
@@ -81,7 +87,7 @@ def main(argv=None) -> None:
     prefix = args.dir_path / f'kinetics-{args.n_classes}'
     convert_kinetics_csv_to_json(Path(f'{prefix}_train.csv'), Path(f'{prefix}_val.csv'),
                                  Path(f'{prefix}_test.csv'), args.video_path, args.video_type,
-                                 args.dst_path)
+                                 args.dst_path, args.n_jobs)
 
 
 if __name__ == '__main__':

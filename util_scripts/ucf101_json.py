@@ -1,18 +1,21 @@
 """Write the UCF-101 annotation json of each of the three official splits.
 
-    python -m util_scripts.ucf101_json ANNOT_DIR JPG_DIR DST_DIR
+    python -m util_scripts.ucf101_json ANNOT_DIR VIDEO_DIR DST_DIR [--n_jobs N]
 
 ANNOT_DIR holds `classInd.txt` ("1 ApplyEyeMakeup" lines), `trainlist0{1,2,3}.txt`
 ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1" lines) and `testlist0{1,2,3}.txt`
-("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi" lines). JPG_DIR is the output of
-generate_video_jpgs (frames are counted there). Writes `DST_DIR/ucf101_0{1,2,3}.json`.
+("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi" lines). VIDEO_DIR is the output of
+generate_video_jpgs (frames are counted there), or the videos themselves,
+`<class>/<video>.avi` (each decoded once to count its frames, on N processes: the count
+generate_video_jpgs would write, for `--file_type video`). Writes `DST_DIR/ucf101_0{1,2,3}.json`.
 """
 import argparse
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from utils import UserError, run_cli
-from .utils import add_segments, check_dst_dir, new_entry, read_lines, require_dir, write_annotation
+from .utils import (add_n_jobs_argument, add_segments, check_dst_dir, new_entry, read_lines,
+                    require_dir, write_annotation)
 
 N_SPLITS = 3
 
@@ -46,12 +49,13 @@ def load_split_list(list_path: Path, subset: str, labels: List[str]) -> Dict[str
 
 
 def convert_ucf101_csv_to_json(class_ind_path: Path, train_list_path: Path, test_list_path: Path,
-                               video_dir_path: Path, dst_json_path: Path) -> None:
+                               video_dir_path: Path, dst_json_path: Path,
+                               n_jobs: Optional[int] = None) -> None:
     """One split: the training list and the test list (as `validation`) in one json."""
     labels = load_labels(class_ind_path)
     database = load_split_list(train_list_path, 'training', labels)
     database.update(load_split_list(test_list_path, 'validation', labels))
-    n_missing = add_segments(database, video_dir_path)
+    n_missing = add_segments(database, video_dir_path, n_jobs=n_jobs)
     write_annotation(dst_json_path, labels, database, n_missing)
 
 
@@ -61,19 +65,23 @@ def main(argv=None) -> None:
     parser.add_argument('dir_path', type=Path,
                         help='directory with classInd.txt, trainlist0{1,2,3}.txt, '
                              'testlist0{1,2,3}.txt')
-    parser.add_argument('video_path', type=Path, help='directory of the jpg frame folders')
+    parser.add_argument('video_path', type=Path,
+                        help='directory of the jpg frame folders <class>/<video>/, or of the '
+                             'videos <class>/<video>.avi')
     parser.add_argument('dst_path', type=Path,
                         help='directory of the json files (created if missing)')
+    add_n_jobs_argument(parser)
     args = parser.parse_args(argv)
 
     require_dir(args.dir_path, 'annotation directory')
-    require_dir(args.video_path, 'jpg video directory')
+    require_dir(args.video_path, 'video directory')
     check_dst_dir(args.dst_path, 'ucf101_0{1,2,3}.json')
     for split in range(1, N_SPLITS + 1):
         convert_ucf101_csv_to_json(args.dir_path / 'classInd.txt',
                                    args.dir_path / f'trainlist0{split}.txt',
                                    args.dir_path / f'testlist0{split}.txt',
-                                   args.video_path, args.dst_path / f'ucf101_0{split}.json')
+                                   args.video_path, args.dst_path / f'ucf101_0{split}.json',
+                                   args.n_jobs)
 
 
 if __name__ == '__main__':

@@ -1,12 +1,18 @@
 """Helpers shared by the data-preparation scripts: ffmpeg, frame folders, annotation files."""
+import argparse
 import functools
 import json
+import multiprocessing
+import os
 import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
+
+from tqdm import tqdm
 
 from utils import UserError
 
@@ -143,25 +149,127 @@ def new_entry(subset: str, label: Optional[str]) -> dict:
     return {'subset': subset, 'annotations': {} if label is None else {'label': label}}
 
 
-def add_segments(database: Dict[str, dict], video_dir: Path, video_type: str = 'jpg') -> int:
-    """Give every video its frame range from `video_dir/<label or "test">/<video_id>`.
+# What add_segments looks for under the video directory, by the `video_type` of the scripts.
+VIDEO_TYPES = ('auto', 'jpg', 'hdf5', 'video')
 
-    jpg: `[1, n_frames + 1]` (1-based, end exclusive); hdf5: `[0, n_frames]`. A video with no
-    folder keeps `[1, 1]` (`[0, 0]` for hdf5), which the datasets skip, as the reference does.
-    Returns the number of such videos.
+# Frame counts of video files already decoded in this process, by (path, size, mtime): the
+# per-split json files of UCF-101 and HMDB-51 share their videos.
+_decoded_counts: Dict[tuple, Union[int, str]] = {}
+
+
+def _count_video_frames(path: Path) -> Union[int, str]:
+    """The frames a video decodes to, or why it cannot be decoded (for a worker process)."""
+    from datasets.video_reader import VideoReadError, count_frames
+    try:
+        return count_frames(path)
+    except VideoReadError as e:
+        return str(e)
+
+
+def count_video_frames(paths: List[Path], n_jobs: Optional[int] = None) -> Dict[Path, Union[int, str]]:
+    """{video file: the number of frames it decodes to (what generate_video_jpgs writes), or why
+    it does not decode}, decoded on `n_jobs` processes (default: one per CPU core), with a
+    progress bar."""
+    from datasets.video_reader import import_av
+    import_av()  # a missing PyAV is one error line, not one per video
+    keys = {}
+    for path in paths:
+        stat = path.stat()
+        keys[path] = (str(path), stat.st_size, stat.st_mtime_ns)
+    todo = sorted({path for path in paths if keys[path] not in _decoded_counts})
+    n_jobs = min(n_jobs or os.cpu_count() or 1, max(len(todo), 1))
+    if todo:
+        bar = tqdm(total=len(todo), unit='video', desc='counting frames')
+        with bar:
+            if n_jobs == 1:
+                results = map(_count_video_frames, todo)
+            else:
+                pool = ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context('fork'))
+                results = pool.map(_count_video_frames, todo, chunksize=8)
+            try:
+                for path, result in zip(todo, results):
+                    _decoded_counts[keys[path]] = result
+                    bar.update()
+            finally:
+                if n_jobs > 1:
+                    pool.shutdown(wait=True, cancel_futures=True)
+    return {path: _decoded_counts[keys[path]] for path in paths}
+
+
+def add_n_jobs_argument(parser) -> None:
+    parser.add_argument('--n_jobs', type=positive_jobs, default=None,
+                        help='processes decoding video files to count their frames (default: '
+                             'one per CPU core)')
+
+
+def positive_jobs(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
+def find_video(folder: Path, video_id: str, video_type: str = 'auto', video_files=None):
+    """(kind, path) of a video under its label folder: its frame folder ('jpg'), hdf5 file
+    ('hdf5') or video file ('video'), looked for in that order as `video_type` allows;
+    (None, None) when there is none. `video_files`: a datasets.layout.VideoFileLayout, whose
+    folder listings are kept between calls."""
+    if video_files is None:
+        from datasets.layout import VideoFileLayout
+        video_files = VideoFileLayout()
+    if video_type in ('auto', 'jpg') and (folder / video_id).is_dir():
+        return 'jpg', folder / video_id
+    if video_type in ('auto', 'hdf5') and (folder / f'{video_id}.hdf5').is_file():
+        return 'hdf5', folder / f'{video_id}.hdf5'
+    if video_type in ('auto', 'video'):
+        path = video_files.find(folder, video_id)
+        if path is not None:
+            return 'video', path
+    return None, None
+
+
+def add_segments(database: Dict[str, dict], video_dir: Path, video_type: str = 'auto',
+                 n_jobs: Optional[int] = None) -> int:
+    """Give every video its frame range from `video_dir/<label or "test">/<video_id>`: a frame
+    folder of generate_video_jpgs (its images counted), an hdf5 file (its frames counted) or a
+    video file `<video_id>.avi`, `.mp4`, ... (decoded to count its frames, on `n_jobs`
+    processes), whichever is there (`video_type` 'auto'), or only the one kind `video_type`
+    names.
+
+    jpg and video: `[1, n_frames + 1]` (1-based, end exclusive); hdf5: `[0, n_frames]`. A video
+    that is not there, or does not decode, keeps `[1, 1]` (`[0, 0]` for hdf5), which the
+    datasets skip, as the reference does. Returns the number of videos not there; those that
+    do not decode are listed on stderr.
     """
-    n_missing = 0
+    from datasets.layout import VideoFileLayout
+    if video_type not in VIDEO_TYPES:
+        raise ValueError(f'video_type must be one of {VIDEO_TYPES}, not {video_type!r}')
+    video_files = VideoFileLayout()
+    n_missing, to_decode = 0, {}
     for video_id, entry in database.items():
         folder = video_dir / entry['annotations'].get('label', TEST_LABEL)
-        if video_type == 'hdf5':
-            path = folder / f'{video_id}.hdf5'
-            n_frames = get_n_frames_hdf5(path) if path.is_file() else 0
-            entry['annotations']['segment'] = [0, n_frames]
+        kind, path = find_video(folder, video_id, video_type, video_files)
+        if kind == 'hdf5':
+            entry['annotations']['segment'] = [0, get_n_frames_hdf5(path)]
+        elif kind == 'jpg':
+            entry['annotations']['segment'] = [1, get_n_frames(path) + 1]
         else:
-            path = folder / video_id
-            n_frames = get_n_frames(path)
-            entry['annotations']['segment'] = [1, n_frames + 1]
-        n_missing += not path.exists()
+            entry['annotations']['segment'] = [0, 0] if video_type == 'hdf5' else [1, 1]
+            if kind == 'video':
+                to_decode[video_id] = path
+            else:
+                n_missing += 1
+    counts = count_video_frames(list(to_decode.values()), n_jobs) if to_decode else {}
+    n_failed = 0
+    for video_id, path in to_decode.items():
+        if isinstance(counts[path], int):
+            database[video_id]['annotations']['segment'] = [1, counts[path] + 1]
+        else:
+            n_failed += 1
+            print(f'does not decode: {path}: {counts[path]}', file=sys.stderr)
+    if n_failed:
+        print(f'warning: {n_failed} of {len(to_decode)} video files do not decode (listed '
+              'above); they keep an empty segment and the datasets skip them', file=sys.stderr)
     return n_missing
 
 
@@ -177,5 +285,6 @@ def write_annotation(dst_path: Path, labels: List[str], database: Dict[str, dict
     counts = ', '.join(f'{n} {subset}' for subset, n in subsets.items())
     print(f'wrote {dst_path}: {len(labels)} classes, {counts} videos')
     if n_missing:
-        print(f'warning: {n_missing} of {len(database)} videos have no frame folder in the video '
-              'directory; they keep an empty segment and the datasets skip them', file=sys.stderr)
+        print(f'warning: {n_missing} of {len(database)} videos have no frame folder or video file '
+              'in the video directory; they keep an empty segment and the datasets skip them',
+              file=sys.stderr)
