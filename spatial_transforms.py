@@ -5,6 +5,8 @@ The classes keep the reference's names and torchvision's geometry and rounding. 
 and colour jitter. RandomResizedCrop draws its box at the first frame after `randomize_parameters()`, because the
 box depends on the frame size.
 """
+from __future__ import annotations
+
 import math
 import random
 from typing import Sequence

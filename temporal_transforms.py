@@ -4,6 +4,8 @@ They reproduce the reference's choices exactly (same output for the same input a
 `random`), quirks included, with two fixes: no transform modifies the list it is given, and TemporalEvenCrop
 works with `n_samples=1`. An empty input gives an empty output instead of an exception.
 """
+from __future__ import annotations
+
 import math
 import random
 
