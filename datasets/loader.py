@@ -65,19 +65,27 @@ def open_hdf5(video_path: Path):
         import h5py
     except ImportError as e:
         raise UserError('--file_type hdf5 needs h5py: pip install h5py') from e
-    return h5py.File(video_path, 'r')
+    try:
+        return h5py.File(video_path, 'r')
+    except FileNotFoundError as e:
+        raise FrameError(f'video {video_path} is missing') from e
+    except OSError as e:  # not an hdf5 file, or a damaged one
+        raise FrameError(f'cannot read video {video_path}: {e}') from e
 
 
-def hdf5_frame(frames, i: int, mode: str, video_path: Path) -> Image.Image:
-    """Frame `i` (0-based) of an hdf5 dataset of encoded images."""
-    name = f'{i} of {video_path}'
-    if i >= len(frames):
+def hdf5_frame(frames, k: int, mode: str, video_path: Path) -> Image.Image:
+    """Frame `k` (1-based, the annotation's numbering) of an hdf5 dataset of encoded images,
+    which holds frame k at index k-1 (the reference reads index k: one frame late, and its last
+    frame out of range)."""
+    name = f'{k} of {video_path}'
+    if not 1 <= k <= len(frames):
         raise FrameError(f'frame {name} is missing: the file has {len(frames)} frames')
-    return decode_image(io.BytesIO(frames[i]), mode, name)
+    return decode_image(io.BytesIO(frames[k - 1]), mode, name)
 
 
 class VideoLoaderHDF5:
-    """Load frames from an hdf5 file holding encoded images in dataset `video` (0-based)."""
+    """Load frames from an hdf5 file holding encoded images in dataset `video` (frame k at
+    index k-1, as generate_video_hdf5 writes them)."""
 
     def __call__(self, video_path: Path, frame_indices: Sequence[int]) -> List[Image.Image]:
         with open_hdf5(video_path) as f:
@@ -85,7 +93,8 @@ class VideoLoaderHDF5:
 
 
 class VideoLoaderFlowHDF5:
-    """Load optical-flow frames (datasets `video_u`, `video_v`) as RGB images whose B channel repeats v."""
+    """Load optical-flow frames (datasets `video_u`, `video_v`, frame k at index k-1) as RGB
+    images whose B channel repeats v."""
 
     def __call__(self, video_path: Path, frame_indices: Sequence[int]) -> List[Image.Image]:
         with open_hdf5(video_path) as f:

@@ -176,7 +176,7 @@ class VideoDataset:
         idx_to_class = {index: name for name, index in class_to_idx.items()}
         video_ids, video_paths, annotations = get_database(data, subset, root_path,
                                                            video_path_formatter)
-        dataset, missing, empty = [], [], 0
+        dataset, missing, empty, zero_based = [], [], 0, 0
         for video_id, video_path, annotation in zip(video_ids, video_paths, annotations):
             if 'label' in annotation:
                 label = annotation['label']
@@ -195,6 +195,9 @@ class VideoDataset:
                 missing.append(video_path)
                 continue
             segment = annotation['segment']
+            if segment[0] == 0 and segment[1] > 0:  # the reference's hdf5 segment [0, n]: 1..n
+                segment = [1, segment[1] + 1]
+                zero_based += 1
             if segment[1] <= segment[0]:
                 empty += 1
                 continue
@@ -212,6 +215,10 @@ class VideoDataset:
         if empty:
             warnings.warn(f'{empty} {subset} videos have no frames (segment [1, 1]) and are '
                           'skipped', stacklevel=2)
+        if zero_based:
+            warnings.warn(f'{zero_based} {subset} videos have a segment [0, n] (the reference\'s '
+                          'kinetics_json for hdf5): read as frames 1 to n, segment [1, n + 1]',
+                          stacklevel=2)
         if not dataset:
             raise UserError(f'no usable {subset} videos: {annotation_path} lists '
                             f'{len(video_ids)}, {len(missing)} of them without a {what} '

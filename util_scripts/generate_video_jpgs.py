@@ -56,13 +56,12 @@ def scale_filter(size: int) -> str:
     return f'scale={scale_expression(size)}'
 
 
-def is_complete(video_path: Path, frame_dir: Path, fps: Optional[float]) -> bool:
-    """Whether `frame_dir` already holds every frame of the video.
+def has_all_frames(video_path: Path, n_frames: int, fps: Optional[float]) -> bool:
+    """Whether `n_frames` extracted frames are every frame of the video.
 
     The header's duration x fps settles most cases cheaply; when it says frames are missing,
     the video is decoded to count exactly (headers often overestimate by a frame or two).
     """
-    n_frames = get_n_frames(frame_dir)
     if n_frames == 0:
         return False
     header = probe_video(video_path)
@@ -72,6 +71,24 @@ def is_complete(video_path: Path, frame_dir: Path, fps: Optional[float]) -> bool
     return n_frames >= count_decoded_frames(video_path, fps)
 
 
+def is_complete(video_path: Path, frame_dir: Path, fps: Optional[float]) -> bool:
+    """Whether `frame_dir` already holds every frame of the video."""
+    return has_all_frames(video_path, get_n_frames(frame_dir), fps)
+
+
+def extract_frames(video_path: Path, frame_dir: Path, fps: Optional[float], size: int) -> None:
+    """Write the frames of a video into the existing folder `frame_dir` as
+    `image_00001.jpg, ...`: ffmpeg, one image per decoded frame (resampled to `fps` if given),
+    shorter side `size`. Raises VideoError when ffmpeg fails or writes no frame."""
+    vf = scale_filter(size) + (f',fps={fps}' if fps else '')
+    result = run_ffmpeg(['-v', 'error', '-threads', '1', '-i', video_path, '-map', '0:v:0',
+                         '-vf', vf, *passthrough_args(), '-threads', '1',
+                         frame_dir / 'image_%05d.jpg'])
+    if result.returncode != 0 or get_n_frames(frame_dir) == 0:
+        raise VideoError(last_error_line(result.stderr, video_path) if result.returncode
+                         else 'no video frames decoded')
+
+
 def video_process(video_path: Path, frame_dir: Path, fps: Optional[float], size: int) -> str:
     """Extract the frames of one video; returns 'done' or 'skipped', raises VideoError."""
     if frame_dir.is_dir() and is_complete(video_path, frame_dir, fps):
@@ -79,14 +96,11 @@ def video_process(video_path: Path, frame_dir: Path, fps: Optional[float], size:
     part_dir = frame_dir.with_name(f'.{frame_dir.name}.part')
     shutil.rmtree(part_dir, ignore_errors=True)
     part_dir.mkdir(parents=True)
-    vf = scale_filter(size) + (f',fps={fps}' if fps else '')
-    result = run_ffmpeg(['-v', 'error', '-threads', '1', '-i', video_path, '-map', '0:v:0',
-                         '-vf', vf, *passthrough_args(), '-threads', '1',
-                         part_dir / 'image_%05d.jpg'])
-    if result.returncode != 0 or get_n_frames(part_dir) == 0:
+    try:
+        extract_frames(video_path, part_dir, fps, size)
+    except VideoError:
         shutil.rmtree(part_dir, ignore_errors=True)
-        raise VideoError(last_error_line(result.stderr, video_path) if result.returncode
-                         else 'no video frames decoded')
+        raise
     if frame_dir.exists():
         shutil.rmtree(frame_dir)
     part_dir.rename(frame_dir)

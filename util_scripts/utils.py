@@ -236,10 +236,12 @@ def add_segments(database: Dict[str, dict], video_dir: Path, video_type: str = '
     processes), whichever is there (`video_type` 'auto'), or only the one kind `video_type`
     names.
 
-    jpg and video: `[1, n_frames + 1]` (1-based, end exclusive); hdf5: `[0, n_frames]`. A video
-    that is not there, or does not decode, keeps `[1, 1]` (`[0, 0]` for hdf5), which the
-    datasets skip, as the reference does. Returns the number of videos not there; those that
-    do not decode are listed on stderr.
+    The segment is `[1, n_frames + 1]` (1-based, end exclusive) for every kind: frame k is
+    `image_0000k.jpg`, hdf5 index k-1, the k-th frame decoded. (The reference writes `[0,
+    n_frames]` for hdf5 and reads index k; the datasets read such segments as `[1, n + 1]`.)
+    A video that is not there, or does not decode, keeps `[1, 1]`, which the datasets skip, as
+    the reference does. Returns the number of videos not there; those that do not decode are
+    listed on stderr.
     """
     from datasets.layout import VideoFileLayout
     if video_type not in VIDEO_TYPES:
@@ -250,11 +252,11 @@ def add_segments(database: Dict[str, dict], video_dir: Path, video_type: str = '
         folder = video_dir / entry['annotations'].get('label', TEST_LABEL)
         kind, path = find_video(folder, video_id, video_type, video_files)
         if kind == 'hdf5':
-            entry['annotations']['segment'] = [0, get_n_frames_hdf5(path)]
+            entry['annotations']['segment'] = [1, get_n_frames_hdf5(path) + 1]
         elif kind == 'jpg':
             entry['annotations']['segment'] = [1, get_n_frames(path) + 1]
         else:
-            entry['annotations']['segment'] = [0, 0] if video_type == 'hdf5' else [1, 1]
+            entry['annotations']['segment'] = [1, 1]
             if kind == 'video':
                 to_decode[video_id] = path
             else:

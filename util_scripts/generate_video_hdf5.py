@@ -1,0 +1,199 @@
+"""Pack the frames of every video of a dataset into one hdf5 file per video.
+
+    python -m util_scripts.generate_video_hdf5 SRC DST {ucf101,hmdb51,kinetics,mit,activitynet}
+        [--n_jobs N] [--fps F] [--size 240]
+
+SRC holds either the frame folders of generate_video_jpgs, `SRC/<label>/<video_id>/image_00001.jpg,
+...`, or the videos, `SRC/<label>/<video_id>.avi` (ucf101, hmdb51) or `.mp4` (kinetics, mit);
+activitynet has no label level. Writes `DST/<label>/<video_id>.hdf5` (the reference's layout): a
+dataset `video` of variable-length uint8, element k-1 holding the bytes of the JPEG of frame k,
+`image_0000k.jpg`. A frame folder's JPEGs are copied byte for byte; a video's frames are the
+JPEGs generate_video_jpgs writes (the same ffmpeg command, `--fps` and `--size` as there;
+those options do not apply to frame folders).
+
+Each file is written under a hidden `.<video_id>.hdf5.part` name and renamed when complete, so
+a killed run never leaves a file that looks complete. A file that already holds every frame is
+skipped (resuming a run); one with fewer, or with empty trailing frames (from an interrupted
+reference run), is redone. Videos that cannot be read are listed at the end and make the exit
+status 1; the others are converted.
+"""
+import argparse
+import os
+import re
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from tqdm import tqdm
+
+from utils import UserError, run_cli
+from .generate_video_jpgs import VIDEO_EXTENSIONS, extract_frames, has_all_frames
+from .utils import VideoError, require_dir
+
+FRAME_NAME = re.compile(r'image_(\d+)\.jpg')
+
+
+def import_h5py():
+    try:
+        import h5py
+    except ImportError as e:
+        raise UserError('writing hdf5 files needs h5py: pip install h5py') from e
+    return h5py
+
+
+def list_sources(src: Path, dst: Path, dataset: str) -> List[Tuple[Path, Path]]:
+    """(frame folder or video file, hdf5 path) pairs; a frame folder wins over a video of the
+    same name."""
+    ext = VIDEO_EXTENSIONS[dataset]
+    folders = [src] if dataset == 'activitynet' else sorted(
+        p for p in src.iterdir() if p.is_dir() and not p.name.startswith('.'))
+    pairs = []
+    for folder in folders:
+        dst_folder = dst if folder == src else dst / folder.name
+        sources = {}
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith('.'):
+                continue
+            if path.is_dir():
+                sources[path.name] = path
+            elif path.is_file() and path.suffix.lower() == ext:
+                sources.setdefault(path.stem, path)
+        pairs += [(source, dst_folder / f'{name}.hdf5') for name, source in sorted(sources.items())]
+    return pairs
+
+
+def frame_files(frame_dir: Path) -> List[Path]:
+    """`image_00001.jpg ... image_0000n.jpg` of a frame folder; VideoError if there is none
+    or a number is missing (the hdf5 index of frame k is k-1, so gaps cannot be packed)."""
+    numbered = {}
+    for path in frame_dir.iterdir():
+        match = FRAME_NAME.fullmatch(path.name)
+        if match:
+            numbered[int(match[1])] = path
+    if not numbered:
+        raise VideoError('no image_*.jpg frames')
+    for k in range(1, len(numbered) + 1):
+        if k not in numbered:
+            raise VideoError(f'frames are not numbered 1 to {len(numbered)}: '
+                             f'image_{k:05d}.jpg is missing')
+    return [numbered[k] for k in range(1, len(numbered) + 1)]
+
+
+def hdf5_n_frames(hdf5_path: Path) -> int:
+    """Frames of a complete hdf5 video (0 if the file is missing, unreadable or has an empty
+    frame, as an interrupted reference run leaves it)."""
+    h5py = import_h5py()
+    try:
+        with h5py.File(hdf5_path, 'r') as f:
+            video = f['video']
+            n = len(video)
+            return n if n and len(video[n - 1]) else 0
+    except (OSError, KeyError):
+        return 0
+
+
+def write_hdf5(hdf5_path: Path, frames: List[Path]) -> None:
+    """Write the JPEG files `frames` as dataset `video` of `hdf5_path`, through a .part file."""
+    import numpy as np
+    h5py = import_h5py()
+    data = np.empty(len(frames), dtype=object)
+    for i, path in enumerate(frames):
+        data[i] = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    part = hdf5_path.with_name(f'.{hdf5_path.name}.part')
+    hdf5_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with h5py.File(part, 'w') as f:
+            f.create_dataset('video', (len(frames),), dtype=h5py.vlen_dtype(np.dtype('uint8')),
+                             data=data)
+        os.replace(part, hdf5_path)
+    finally:
+        if part.exists():
+            part.unlink()
+
+
+def video_process(source: Path, hdf5_path: Path, fps: Optional[float], size: int) -> str:
+    """Pack one frame folder or video; returns 'done' or 'skipped', raises VideoError."""
+    n_done = hdf5_n_frames(hdf5_path) if hdf5_path.exists() else 0
+    if source.is_dir():
+        frames = frame_files(source)
+        if n_done == len(frames):
+            return 'skipped'
+        write_hdf5(hdf5_path, frames)
+        return 'done'
+    if n_done and has_all_frames(source, n_done, fps):
+        return 'skipped'
+    with tempfile.TemporaryDirectory(prefix='generate_video_hdf5_') as tmp:
+        extract_frames(source, Path(tmp), fps, size)
+        write_hdf5(hdf5_path, frame_files(Path(tmp)))
+    return 'done'
+
+
+def convert_all(pairs: List[Tuple[Path, Path]], fps: Optional[float], size: int,
+                n_jobs: int) -> Tuple[dict, List[str]]:
+    """Convert on `n_jobs` threads (each runs one ffmpeg); returns counts and failures."""
+    counts = {'done': 0, 'skipped': 0, 'failed': 0}
+    failures = []
+    executor = ThreadPoolExecutor(max_workers=n_jobs)
+    try:
+        futures = {executor.submit(video_process, source, hdf5_path, fps, size): source
+                   for source, hdf5_path in pairs}
+        for future in tqdm(as_completed(futures), total=len(futures), unit='video'):
+            try:
+                counts[future.result()] += 1
+            except (VideoError, OSError) as e:
+                counts['failed'] += 1
+                failures.append(f'{futures[future]}: {e}')
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return counts, sorted(failures)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog='python -m util_scripts.generate_video_hdf5',
+                                     description='Pack the JPEG frames of videos into hdf5 files.')
+    parser.add_argument('dir_path', type=Path,
+                        help='directory of the frame folders of generate_video_jpgs, or of the '
+                             'videos')
+    parser.add_argument('dst_path', type=Path, help='directory of the hdf5 files (created)')
+    parser.add_argument('dataset', choices=sorted(VIDEO_EXTENSIONS),
+                        help='decides the video extension (.avi or .mp4) and the folder layout')
+    parser.add_argument('--n_jobs', type=int, default=-1,
+                        help='parallel conversions; -1 (default): one per CPU core')
+    parser.add_argument('--fps', type=float, default=-1,
+                        help='videos: frame rate of the frames; -1 (default): the original rate')
+    parser.add_argument('--size', type=int, default=240,
+                        help='videos: length of the shorter side of the frames')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.size < 1:
+        raise UserError(f'--size must be positive, got {args.size}')
+    if args.n_jobs == 0 or args.n_jobs < -1:
+        raise UserError(f'--n_jobs must be -1 or positive, got {args.n_jobs}')
+    import_h5py()
+    n_jobs = (os.cpu_count() or 1) if args.n_jobs == -1 else args.n_jobs
+    fps = args.fps if args.fps > 0 else None
+    pairs = list_sources(require_dir(args.dir_path, 'source directory'), args.dst_path,
+                         args.dataset)
+    if not pairs:
+        layout = '<video>' if args.dataset == 'activitynet' else '<class>/<video>'
+        raise UserError(f'no frame folders or videos found in {args.dir_path} ({args.dataset} '
+                        f'expects {layout}/ or {layout}{VIDEO_EXTENSIONS[args.dataset]})')
+    args.dst_path.mkdir(parents=True, exist_ok=True)
+
+    counts, failures = convert_all(pairs, fps, args.size, n_jobs)
+    for failure in failures:
+        print(f'failed: {failure}', file=sys.stderr)
+    print(f'{len(pairs)} videos: {counts["done"]} done, {counts["skipped"]} skipped '
+          f'(already complete), {counts["failed"]} failed; hdf5 files in {args.dst_path}')
+    if failures:
+        raise UserError(f'{len(failures)} of {len(pairs)} videos could not be converted '
+                        '(listed above)')
+
+
+if __name__ == '__main__':
+    run_cli(main)
