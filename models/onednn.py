@@ -10,10 +10,16 @@ dygraph on CPU (`paddle.jit` export, GPU), `Conv3D` is Paddle's own. oneDNN gets
 only: input and weights both on the CPU, results allocated there; the library is loaded on
 the first convolution that qualifies, so GPU runs never load it.
 
-Reading guide: `_SIGNATURES` declares every C function called; `_Library` owns the engine,
-stream and memory objects; `_Plan` holds the three primitives of one convolution shape;
-`_BatchChunks` runs a batch through plans a few clips at a time; `conv3d` and `Conv3D` are the
-public entry points.
+bfloat16: under `compute_dtype('bfloat16')` (where `bfloat16_supported()`), the reorders into
+oneDNN's layout also convert src, weights and diff_dst to bfloat16, and the primitives
+accumulate in float32 and write float32 dst, diff_src and diff_weights. Paddle sees float32
+tensors only: master weights, BN, loss and optimizer are untouched.
+
+Public: `Conv3D`, `conv3d`, `use_onednn`, `compute_dtype`, `bfloat16_supported`, `library`,
+`load_error`, and the dnnl_*/DNNL_* constants (named as in oneDNN's C headers). Inside:
+`_SIGNATURES` declares every C function called; `_Library` owns the engine, stream and memory
+objects; `_Plan` holds the three primitives of one convolution shape; `_BatchChunks` runs a
+batch through plans a few clips at a time.
 """
 import collections
 import ctypes
@@ -28,13 +34,13 @@ import paddle
 from paddle.autograd import PyLayer
 
 # oneDNN 3.x's C API: the enum values used here, named as in oneapi/dnnl/dnnl_types.h and
-# dnnl_common_types.h (checked against v3.6.2, the version Paddle 3.x ships; fixed across 3.x).
+# dnnl_common_types.h (checked against v3.6.2, the one in Paddle 3.3's wheel; fixed across 3.x).
 dnnl_success = 0  # dnnl_status_t
 _STATUS_NAMES = {1: 'dnnl_out_of_memory', 2: 'dnnl_invalid_arguments', 3: 'dnnl_unimplemented',
                  4: 'dnnl_last_impl_reached', 5: 'dnnl_runtime_error', 6: 'dnnl_not_required'}
 dnnl_cpu = 1  # dnnl_engine_kind_t
 dnnl_stream_in_order = 1  # dnnl_stream_flags_t
-dnnl_f32 = 3  # dnnl_data_type_t
+dnnl_bf16, dnnl_f32 = 2, 3  # dnnl_data_type_t
 dnnl_format_tag_any = 1  # dnnl_format_tag_t: the primitive picks the layout
 dnnl_ab, dnnl_abcde, dnnl_abcdef = 3, 6, 7  # dnnl_format_tag_t: plain (row-major) layouts
 dnnl_forward_training = 64  # dnnl_prop_kind_t
@@ -49,6 +55,7 @@ DNNL_ARG_DIFF_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS = 129, 145, 161
 DNNL_ARG_FROM, DNNL_ARG_TO = DNNL_ARG_SRC, DNNL_ARG_DST  # a reorder's source and destination
 DNNL_ARG_SCRATCHPAD = 80
 DNNL_MAX_NDIMS = 12
+dnnl_cpu_isa_avx512_core_bf16 = 0xE7  # dnnl_cpu_isa_t: a bit mask, included in the AMX ISAs'
 
 # Paddle's dense tensors in oneDNN's words: the plain tag of each number of dimensions.
 PLAIN_TAGS = {2: dnnl_ab, 5: dnnl_abcde, 6: dnnl_abcdef}
@@ -82,14 +89,15 @@ class _ExecArg(ctypes.Structure):  # dnnl_exec_arg_t
     _fields_ = [('arg', ctypes.c_int), ('memory', ctypes.c_void_p)]
 
 
-_status, _int, _out, _dims = ctypes.c_int, ctypes.c_int, ctypes.POINTER(_c), ctypes.POINTER(
-    ctypes.c_int64)
+_status = _int = ctypes.c_int  # dnnl_status_t and every enum are C ints
+_out = ctypes.POINTER(_c)  # where a create function writes the new handle
+_dims = ctypes.POINTER(ctypes.c_int64)  # a dnnl_dims_t argument
 _GEOMETRY = [_dims] * 4  # strides, dilates, padding_l, padding_r
 # name: (restype, argtypes) of every C function called (here and by util_scripts.benchmark),
-# from oneapi/dnnl/dnnl.h and dnnl_common.h; set once when the library loads. `_out` is where a
-# create function writes the new handle.
+# from oneapi/dnnl/dnnl.h and dnnl_common.h; set once when the library loads.
 _SIGNATURES = {
     'dnnl_version': (ctypes.POINTER(_Version), []),
+    'dnnl_get_effective_cpu_isa': (_int, []),
     'dnnl_engine_create': (_status, [_out, _int, ctypes.c_size_t]),
     'dnnl_stream_create': (_status, [_out, _c, ctypes.c_uint]),
     'dnnl_stream_wait': (_status, [_c]),
@@ -280,6 +288,10 @@ class _PlanKey(NamedTuple):
     stride: tuple
     padding: tuple
     groups: int
+    dtype: str  # of the inputs: 'float32' or 'bfloat16' (results are float32)
+
+
+_DNNL_TYPES = {'float32': dnnl_f32, 'bfloat16': dnnl_bf16}
 
 
 class _Pass(NamedTuple):
@@ -293,13 +305,15 @@ class _Pass(NamedTuple):
 class _Plan:
     """The forward, backward-data and backward-weights primitives of one convolution shape.
 
-    Its methods take the addresses of plain float32 data and write plain results.
+    Its methods take the addresses of plain float32 data and write plain float32 results. The
+    primitives read src, weights and diff_dst in `key.dtype` (the reorders convert them) and
+    write float32 dst, diff_src and diff_weights.
     """
 
     def __init__(self, library: _Library, key: _PlanKey):
         self.library = library
         self.passes, self.pds, self.descs = {}, [], []
-        x_shape, w_shape, stride, padding, groups = key
+        x_shape, w_shape, stride, padding, groups, dtype = key
         out_channels = w_shape[0]
         self.x_shape, self.y_shape = list(x_shape), _output_shape(x_shape, w_shape, stride,
                                                                    padding)
@@ -308,19 +322,20 @@ class _Plan:
             self.w_shape = [groups, out_channels // groups, *w_shape[1:]]
         geometry = (_Dims(*stride), _Dims(*[0] * len(stride)), _Dims(*padding),
                     _Dims(*padding))
-        any_x, any_w, any_y = (library.desc(s, dnnl_format_tag_any)
-                               for s in (self.x_shape, self.w_shape, self.y_shape))
+        shapes = (self.x_shape, self.w_shape, self.y_shape)
+        x, w, y = (library.desc(s, dnnl_format_tag_any, _DNNL_TYPES[dtype]) for s in shapes)
+        x32, w32, y32 = (library.desc(s, dnnl_format_tag_any) for s in shapes)  # results
         forward_pd, data_pd, weights_pd = self.pds = _c(), _c(), _c()
-        self.descs = [any_x, any_w, any_y]
+        self.descs = [x, w, y, x32, w32, y32]
         library.call('dnnl_convolution_forward_primitive_desc_create', ctypes.byref(forward_pd),
                      library.engine, dnnl_forward_training, dnnl_convolution_direct,
-                     any_x, any_w, None, any_y, *geometry, library.attr)
+                     x, w, None, y32, *geometry, library.attr)
         library.call('dnnl_convolution_backward_data_primitive_desc_create',
                      ctypes.byref(data_pd), library.engine, dnnl_convolution_direct,
-                     any_x, any_w, any_y, *geometry, forward_pd, library.attr)
+                     x32, w, y, *geometry, forward_pd, library.attr)
         library.call('dnnl_convolution_backward_weights_primitive_desc_create',
                      ctypes.byref(weights_pd), library.engine, dnnl_convolution_direct,
-                     any_x, any_w, None, any_y, *geometry, forward_pd, library.attr)
+                     x, w32, None, y, *geometry, forward_pd, library.attr)
         shapes = {'src': self.x_shape, 'diff_src': self.x_shape, 'weights': self.w_shape,
                   'diff_weights': self.w_shape, 'dst': self.y_shape, 'diff_dst': self.y_shape}
         for name, pd, args in (('forward', forward_pd, ('src', 'weights', 'dst')),
@@ -448,6 +463,58 @@ class use_onednn:
         _state.enabled = self.previous
 
 
+_bfloat16: Optional[bool] = None  # bfloat16_supported()'s answer
+
+
+def _cpu_has_bfloat16(lib: _Library) -> bool:
+    """Whether oneDNN runs bfloat16 dot products natively here (AVX512-BF16 or AMX; its ISA
+    also honours ONEDNN_MAX_CPU_ISA). Elsewhere it emulates them, slower than float32."""
+    isa = lib.lib.dnnl_get_effective_cpu_isa()
+    return isa & dnnl_cpu_isa_avx512_core_bf16 == dnnl_cpu_isa_avx512_core_bf16
+
+
+def bfloat16_supported() -> bool:
+    """Whether `compute_dtype('bfloat16')` can be used: the library loads, the CPU has
+    bfloat16 instructions and oneDNN builds a bfloat16 convolution (forward and both
+    backward passes). Found out once (loading the library), then cached."""
+    global _bfloat16
+    if _bfloat16 is None:
+        lib = library()
+        _bfloat16 = lib is not None and _cpu_has_bfloat16(lib)
+        if _bfloat16:
+            try:
+                _Plan(lib, _PlanKey((1, 16, 4, 8, 8), (16, 16, 3, 3, 3), (1, 1, 1), (1, 1, 1),
+                                    1, 'bfloat16'))
+            except OneDNNError:
+                _bfloat16 = False
+    return _bfloat16
+
+
+class compute_dtype:
+    """`with compute_dtype('bfloat16'):` the oneDNN convolutions started in this thread
+    (`Conv3D` layers on the CPU, `conv3d`) multiply in bfloat16 and accumulate in float32;
+    'float32' is the default. Wrap the forward pass, as `paddle.amp.auto_cast`: a
+    convolution's backward uses its forward's dtype, wherever `backward()` is called. Tensors
+    stay float32, so nothing else in the model or optimizer changes. 'bfloat16' raises
+    OneDNNError unless `bfloat16_supported()`; the setting is per thread, as `use_onednn`."""
+
+    def __init__(self, dtype: str):
+        if dtype not in _DNNL_TYPES:
+            raise ValueError(f'compute_dtype: {dtype!r} is not one of {list(_DNNL_TYPES)}')
+        if dtype == 'bfloat16' and not bfloat16_supported():
+            raise OneDNNError('bfloat16 convolutions need oneDNN 3.x and a CPU with '
+                              'AVX512-BF16 or AMX (onednn.bfloat16_supported() is False'
+                              + (f'; {load_error()})' if load_error() else ')'))
+        self.dtype = dtype
+
+    def __enter__(self):
+        self.previous = getattr(_state, 'dtype', 'float32')
+        _state.dtype = self.dtype
+
+    def __exit__(self, *exc_info):
+        _state.dtype = self.previous
+
+
 def _plan(key: _PlanKey) -> _Plan:
     """The cached plan of `key` (made on first use; the least recently used one leaves)."""
     plan = _plans.get(key)
@@ -470,7 +537,7 @@ class _BatchChunks:
     layouts stay small (CHUNK_BYTES): a training step's peak memory then exceeds Paddle's own
     convolution's by a fraction of one activation, not by the largest one."""
 
-    def __init__(self, x_shape, w_shape, stride, padding, groups):
+    def __init__(self, x_shape, w_shape, stride, padding, groups, dtype: str = 'float32'):
         n = x_shape[0]
         self.y_shape = _output_shape(x_shape, w_shape, stride, padding)
         self.x_clip, self.y_clip = 4 * math.prod(x_shape[1:]), 4 * math.prod(self.y_shape[1:])
@@ -478,7 +545,8 @@ class _BatchChunks:
         self.chunks = [_Chunk(start, min(size, n - start)) for start in range(0, n, size)]
         with _lock:
             self.plans = {count: _plan(_PlanKey((count, *x_shape[1:]), tuple(w_shape),
-                                                tuple(stride), tuple(padding), groups))
+                                                tuple(stride), tuple(padding), groups,
+                                                dtype))
                           for count in {chunk.count for chunk in self.chunks}}
         self.library = library()
 
@@ -546,7 +614,8 @@ def conv3d(x: paddle.Tensor, weight: paddle.Tensor, stride, padding, groups: int
     if hasattr(x, 'contiguous'):
         x = x.contiguous()
     try:
-        convolution = _BatchChunks(x.shape, weight.shape, stride, padding, groups)
+        convolution = _BatchChunks(x.shape, weight.shape, stride, padding, groups,
+                                   getattr(_state, 'dtype', 'float32'))
     except OneDNNError as e:  # a shape oneDNN has no implementation for: Paddle's kernel
         warnings.warn(f'a convolution of input {list(x.shape)} and weights '
                       f'{list(weight.shape)} runs on Paddle\'s kernel: {e}', stacklevel=2)

@@ -1,0 +1,154 @@
+"""bfloat16 convolutions on oneDNN (`onednn.compute_dtype('bfloat16')`): bfloat16 inputs,
+float32 accumulation and float32 results, for the forward pass and both gradients."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from models import onednn
+from models.resnet import generate_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures('cpu')
+needs_bfloat16 = pytest.mark.skipif(not onednn.bfloat16_supported(),
+                                    reason='no bfloat16 convolutions on this CPU')
+UNIT_ROUNDOFF = 2.0 ** -8  # bfloat16: 8 significant bits, rounded to nearest
+
+
+def to_bfloat16(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as oneDNN's reorder does."""
+    bits = a.astype(np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))
+
+
+def relative(actual, expected) -> float:
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def conv_with_grads(conv, x, w, grad_y, dtype='float32'):
+    x, w = paddle.to_tensor(x, stop_gradient=False), paddle.to_tensor(w, stop_gradient=False)
+    with onednn.compute_dtype(dtype):
+        y = conv(x, w)
+    (y * paddle.to_tensor(grad_y)).sum().backward()  # outside: the forward's dtype holds
+    return y.numpy(), x.grad.numpy(), w.grad.numpy()
+
+
+@needs_bfloat16
+@pytest.mark.parametrize('x_shape, w_shape, stride, padding, groups', [
+    ([2, 3, 8, 32, 32], [16, 3, 7, 7, 7], [1, 2, 2], [3, 3, 3], 1),  # the stem
+    ([2, 16, 4, 8, 8], [32, 16, 3, 3, 3], [2, 2, 2], [1, 1, 1], 1),  # a strided 3x3x3
+    ([2, 16, 4, 8, 8], [32, 16, 1, 1, 1], [2, 2, 2], [0, 0, 0], 1),  # a downsample
+    ([2, 64, 4, 8, 8], [64, 2, 3, 3, 3], [1, 1, 1], [1, 1, 1], 32),  # ResNeXt's grouped conv
+    ([3, 8, 5, 7, 9], [8, 8, 1, 3, 3], [1, 2, 2], [0, 1, 1], 1),  # (2+1)D, odd sizes
+])
+def test_bfloat16_convolution_and_gradients(x_shape, w_shape, stride, padding, groups):
+    """Two checks of y, grad x and grad w:
+
+    - equal to float32 convolutions of the operands rounded to bfloat16 (1e-5): rounding
+      happens at the inputs only, and sums are float32 (bfloat16 sums would be 1e-2 off);
+    - close to float32 on the exact operands, within bfloat16's error: an output is a sum of K
+      products a*b whose factors each carry a relative rounding error up to u = 2^-8 of random
+      sign, so its error has a standard deviation of about u sqrt(2/3) sqrt(K) rms(a) rms(b)
+      (3.2e-3 sqrt(K) rms(a) rms(b)); the maximum over all outputs is allowed 6 of them (the
+      largest seen here is 4.5).
+    """
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    w = rng.standard_normal(w_shape, dtype=np.float32)
+
+    def paddle_conv(a, b):
+        return F.conv3d(a, b, stride=stride, padding=padding, groups=groups)
+    grad_y = rng.standard_normal(paddle_conv(paddle.to_tensor(x), paddle.to_tensor(w)).shape,
+                                 dtype=np.float32)
+    actual = conv_with_grads(lambda a, b: onednn.conv3d(a, b, stride, padding, groups),
+                             x, w, grad_y, 'bfloat16')
+    rounded = conv_with_grads(paddle_conv, to_bfloat16(x), to_bfloat16(w), to_bfloat16(grad_y))
+    exact = conv_with_grads(paddle_conv, x, w, grad_y)
+    kernel = np.prod(w_shape[2:])
+    taps = np.prod(-(-np.array(w_shape[2:]) // stride))  # most kernel taps on one input point
+    reduced = {'y': (w_shape[1] * kernel, x, w),  # sizes K of the sums, and their factors
+               'grad x': (w_shape[0] // groups * taps, grad_y, w),
+               'grad w': (x_shape[0] * np.prod(grad_y.shape[2:]), x, grad_y)}
+    for (name, (k, a, b)), result, r, e in zip(reduced.items(), actual, rounded, exact):
+        assert result.dtype == np.float32 and result.shape == e.shape
+        assert relative(result, r) < 1e-5, name
+        sigma = UNIT_ROUNDOFF * np.sqrt(2 / 3) * np.sqrt(k) * rms(a) * rms(b)
+        assert np.abs(result - e).max() < 6 * sigma, name
+        assert relative(result, e) > 1e-4, name  # it did compute in bfloat16
+
+
+@needs_bfloat16
+def test_plans_are_cached_per_dtype():
+    x, w = paddle.randn([1, 4, 3, 5, 5]), paddle.randn([8, 4, 3, 3, 3])
+    onednn._plans.clear()
+    for dtype in ('float32', 'bfloat16', 'float32'):
+        with onednn.compute_dtype(dtype):
+            onednn.conv3d(x, w, [1, 1, 1], [1, 1, 1])
+    assert sorted(key.dtype for key in onednn._plans) == ['bfloat16', 'float32']
+
+
+@needs_bfloat16
+def test_resnet_loss_in_bfloat16_is_close_to_float32():
+    """A ResNet-18 training step, its convolutions in float32 and in bfloat16, same weights.
+
+    The losses agree within 2e-2. The gradients point the same way; in this untrained net
+    their size is about as sensitive to rounding the input clip alone to bfloat16 (float32
+    everywhere else: up to 30% on some layers), so only their direction is compared."""
+    paddle.seed(3)
+    model = generate_model(18, n_classes=2, conv1_t_size=3, widen_factor=0.25)
+    x = paddle.to_tensor(np.random.default_rng(3).standard_normal([4, 3, 8, 64, 64],
+                                                                  dtype=np.float32))
+    labels = paddle.to_tensor([1, 0, 1, 0])
+    losses, gradients = [], []
+    for dtype in ('float32', 'bfloat16'):
+        model.clear_gradients()
+        with onednn.compute_dtype(dtype):
+            loss = F.cross_entropy(model(x), labels)
+        loss.backward()
+        losses.append(float(loss))
+        gradients.append(np.concatenate([p.grad.numpy().ravel() for p in model.parameters()
+                                         if p.grad is not None]))
+    assert abs(losses[1] - losses[0]) < 2e-2
+    cosine = gradients[0] @ gradients[1] / np.linalg.norm(gradients[0]) / np.linalg.norm(
+        gradients[1])
+    assert cosine > 0.8
+
+
+def test_no_bfloat16_without_the_cpus_instructions(monkeypatch):
+    monkeypatch.setattr(onednn, '_bfloat16', None)
+    monkeypatch.setattr(onednn, '_cpu_has_bfloat16', lambda lib: False)
+    assert not onednn.bfloat16_supported()
+    with pytest.raises(onednn.OneDNNError, match='AVX512-BF16 or AMX'):
+        onednn.compute_dtype('bfloat16')
+    with onednn.compute_dtype('float32'):
+        pass
+    with pytest.raises(ValueError):
+        onednn.compute_dtype('float16')
+
+
+def test_no_bfloat16_when_onednn_refuses_it(monkeypatch):
+    def refuse(*args):
+        raise onednn.OneDNNError('oneDNN dnnl_convolution_forward_primitive_desc_create failed')
+    monkeypatch.setattr(onednn, '_bfloat16', None)
+    monkeypatch.setattr(onednn, '_cpu_has_bfloat16', lambda lib: True)
+    monkeypatch.setattr(onednn, '_Plan', refuse)
+    assert not onednn.bfloat16_supported()
+
+
+@needs_bfloat16
+def test_an_isa_without_bfloat16_is_seen():
+    """ONEDNN_MAX_CPU_ISA=AVX512_CORE: oneDNN would emulate bfloat16 (slower than float32)."""
+    code = 'from models import onednn; print(onednn.bfloat16_supported())'
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA='AVX512_CORE')
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env,
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.split()[-1] == 'False'
