@@ -1,14 +1,26 @@
-"""Dataset builders for training, validation and inference (the reference's `dataset.py`)."""
+"""Dataset builders for training, validation and inference (the reference's `dataset.py`).
+
+`dataset_name` (`--dataset`) must be one of DATASETS; with `--file_type video` it says which
+extension a video file has first (ucf101, hmdb51: .avi; kinetics, mit, activitynet: .mp4; the
+others are looked for too). Every dataset reads the same annotation format: one "label" and a
+frame "segment" per video (ActivityNet's untrimmed json, segments in seconds, is refused with a
+message saying so).
+"""
 from pathlib import Path
+from typing import Optional
 
 from utils import UserError
 from .layout import FileLayout, FrameFolderLayout, VideoFileLayout
+from .video_reader import VIDEO_EXTENSIONS
 from .loader import (VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5, VideoLoaderPyAV,
                      image_name_formatter)
 from .videodataset import VideoDataset
 from .videodataset_multiclips import VideoDatasetMultiClips, collate_fn
 
 DATASETS = ('kinetics', 'activitynet', 'ucf101', 'hmdb51', 'mit')
+# The extension of the videos of each dataset, as generate_video_jpgs reads them.
+DATASET_VIDEO_EXTENSIONS = {'ucf101': '.avi', 'hmdb51': '.avi', 'kinetics': '.mp4',
+                            'mit': '.mp4', 'activitynet': '.mp4'}
 INFERENCE_SUBSETS = {'train': 'training', 'val': 'validation', 'test': 'testing'}
 FILE_TYPES = ('jpg', 'hdf5', 'video')
 # Shorter side of the frames decoded from video files: generate_video_jpgs' default --size, so
@@ -16,8 +28,16 @@ FILE_TYPES = ('jpg', 'hdf5', 'video')
 VIDEO_FRAME_SIZE = 240
 
 
-def get_loader_and_formatter(input_type: str, file_type: str):
-    """The frame loader and the video path layout for `--input_type` and `--file_type`."""
+def check_dataset_name(dataset_name: str) -> str:
+    if dataset_name not in DATASETS:
+        raise UserError(f'unknown dataset {dataset_name!r}: one of {", ".join(DATASETS)}')
+    return dataset_name
+
+
+def get_loader_and_formatter(input_type: str, file_type: str,
+                             dataset_name: Optional[str] = None):
+    """The frame loader and the video path layout for `--input_type` and `--file_type`
+    (video files: the extension of `dataset_name`'s videos looked for first)."""
     if file_type not in FILE_TYPES:
         raise UserError(f'unknown --file_type {file_type!r}: one of {", ".join(FILE_TYPES)}')
     if input_type == 'flow' and file_type != 'hdf5':
@@ -25,14 +45,17 @@ def get_loader_and_formatter(input_type: str, file_type: str):
     if file_type == 'jpg':
         return VideoLoader(image_name_formatter), FrameFolderLayout()
     if file_type == 'video':
-        return VideoLoaderPyAV(VIDEO_FRAME_SIZE), VideoFileLayout()
+        first = DATASET_VIDEO_EXTENSIONS.get(dataset_name)
+        extensions = ((first,) if first else ()) + tuple(e for e in VIDEO_EXTENSIONS if e != first)
+        return VideoLoaderPyAV(VIDEO_FRAME_SIZE), VideoFileLayout(extensions)
     loader = VideoLoaderHDF5() if input_type == 'rgb' else VideoLoaderFlowHDF5()
     return loader, FileLayout('.hdf5', 'hdf5 file')
 
 
-def _dataset(cls, video_path: Path, annotation_path: Path, subset: str, input_type: str,
-             file_type: str, spatial_transform, temporal_transform, **kwargs):
-    loader, video_path_formatter = get_loader_and_formatter(input_type, file_type)
+def _dataset(cls, video_path: Path, annotation_path: Path, dataset_name: str, subset: str,
+             input_type: str, file_type: str, spatial_transform, temporal_transform, **kwargs):
+    loader, video_path_formatter = get_loader_and_formatter(
+        input_type, file_type, check_dataset_name(dataset_name))
     return cls(video_path, annotation_path, subset, spatial_transform=spatial_transform,
                temporal_transform=temporal_transform, video_loader=loader,
                video_path_formatter=video_path_formatter, **kwargs)
@@ -42,16 +65,17 @@ def get_training_data(video_path, annotation_path, dataset_name, input_type, fil
                       spatial_transform=None, temporal_transform=None,
                       strict_data: bool = False) -> VideoDataset:
     """One random clip per training video and its label."""
-    return _dataset(VideoDataset, video_path, annotation_path, 'training', input_type,
-                    file_type, spatial_transform, temporal_transform, strict_data=strict_data)
+    return _dataset(VideoDataset, video_path, annotation_path, dataset_name, 'training',
+                    input_type, file_type, spatial_transform, temporal_transform,
+                    strict_data=strict_data)
 
 
 def get_validation_data(video_path, annotation_path, dataset_name, input_type, file_type,
                         spatial_transform=None, temporal_transform=None,
                         strict_data: bool = False):
     """Several clips per validation video, each with the video's label; and their collate_fn."""
-    data = _dataset(VideoDatasetMultiClips, video_path, annotation_path, 'validation',
-                    input_type, file_type, spatial_transform, temporal_transform,
+    data = _dataset(VideoDatasetMultiClips, video_path, annotation_path, dataset_name,
+                    'validation', input_type, file_type, spatial_transform, temporal_transform,
                     strict_data=strict_data)
     return data, collate_fn
 
@@ -60,7 +84,7 @@ def get_inference_data(video_path, annotation_path, dataset_name, input_type, fi
                        inference_subset, spatial_transform=None, temporal_transform=None,
                        strict_data: bool = False):
     """All sliding-window clips of each video of `inference_subset`, targeted (video_id, segment)."""
-    data = _dataset(VideoDatasetMultiClips, video_path, annotation_path,
+    data = _dataset(VideoDatasetMultiClips, video_path, annotation_path, dataset_name,
                     INFERENCE_SUBSETS[inference_subset], input_type, file_type,
                     spatial_transform, temporal_transform, target_type=['video_id', 'segment'],
                     strict_data=strict_data)

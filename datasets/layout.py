@@ -1,9 +1,10 @@
-"""Where a video of the annotation is stored: `video_path_formatter`s of the three file types.
+"""Where a video of the annotation is stored: the `video_path_formatter`s of the file types.
 
 A formatter maps (root_path, label, video_id) to the path of the video's frame folder or file,
-as the reference's lambdas do; these also say what they point at (`what`, for messages) and
-find the files of a whole annotation quickly (one directory listing per folder, not one
-`stat` per video).
+as the reference's lambdas do. These also say what they point at (`what`, for messages), and
+list the videos of a label folder at once (`scan`: {video_id: variant}, one directory listing
+instead of one `stat` per video); `path(root, label, video_id, variant)` is the path of a
+video found by `scan` (the variant of a video file is its extension).
 """
 import os
 from pathlib import Path
@@ -12,31 +13,22 @@ from typing import Dict, Optional, Sequence
 from .video_reader import VIDEO_EXTENSIONS, list_video_files
 
 
-class DirectoryListings:
-    """Names in folders, listed once per folder."""
-
-    def __init__(self):
-        self._names: Dict[str, frozenset] = {}
-
-    def names(self, folder) -> frozenset:
-        key = os.fspath(folder)
-        if key not in self._names:
-            try:
-                self._names[key] = frozenset(os.listdir(key))
-            except (FileNotFoundError, NotADirectoryError, PermissionError):
-                self._names[key] = frozenset()
-        return self._names[key]
-
-    def exists(self, path: Path) -> bool:
-        return path.name in self.names(path.parent)
-
-
 class FrameFolderLayout:
     """`root/<label>/<video_id>/` holding `image_00001.jpg, ...` (`--file_type jpg`)."""
     what = 'frame folder'
 
     def __call__(self, root_path: Path, label: str, video_id: str) -> Path:
         return Path(root_path) / label / video_id
+
+    def path(self, root_path: Path, label: str, video_id: str, variant: int) -> Path:
+        return Path(root_path) / label / video_id
+
+    def scan(self, folder: Path) -> Dict[str, int]:
+        try:
+            with os.scandir(folder) as entries:
+                return {e.name: 0 for e in entries if e.is_dir()}
+        except OSError:
+            return {}
 
 
 class FileLayout:
@@ -48,6 +40,18 @@ class FileLayout:
     def __call__(self, root_path: Path, label: str, video_id: str) -> Path:
         return Path(root_path) / label / f'{video_id}{self.suffix}'
 
+    def path(self, root_path: Path, label: str, video_id: str, variant: int) -> Path:
+        return self(root_path, label, video_id)
+
+    def scan(self, folder: Path) -> Dict[str, int]:
+        n = len(self.suffix)
+        try:
+            with os.scandir(folder) as entries:
+                return {e.name[:-n]: 0 for e in entries
+                        if e.name.endswith(self.suffix) and not e.is_dir()}
+        except OSError:
+            return {}
+
 
 class VideoFileLayout:
     """`root/<label>/<video_id>.<ext>`, the first of `extensions` that exists
@@ -56,12 +60,14 @@ class VideoFileLayout:
 
     def __init__(self, extensions: Sequence[str] = VIDEO_EXTENSIONS):
         self.extensions = tuple(extensions)
-        self._files: Dict[str, Dict[str, str]] = {}  # folder -> {stem: file name}
+        self.suffixes = list(self.extensions)  # variants: suffixes as spelt in the folders
+        self._files: Dict[str, Dict[str, str]] = {}  # folder -> {stem: file name}, for find
 
     def __getstate__(self):
-        return {'extensions': self.extensions, '_files': {}}
+        return {**self.__dict__, '_files': {}}
 
     def find(self, folder: Path, video_id: str) -> Optional[Path]:
+        """The video file of `video_id` in `folder` (the listing of the folder is kept)."""
         key = os.fspath(folder)
         if key not in self._files:
             self._files[key] = list_video_files(folder, self.extensions)
@@ -70,4 +76,20 @@ class VideoFileLayout:
 
     def __call__(self, root_path: Path, label: str, video_id: str) -> Path:
         folder = Path(root_path) / label
-        return self.find(folder, video_id) or folder / video_id
+        for ext in self.extensions:
+            path = folder / f'{video_id}{ext}'
+            if path.is_file():
+                return path
+        return folder / video_id
+
+    def path(self, root_path: Path, label: str, video_id: str, variant: int) -> Path:
+        return Path(root_path) / label / f'{video_id}{self.suffixes[variant]}'
+
+    def scan(self, folder: Path) -> Dict[str, int]:
+        found = {}
+        for stem, name in list_video_files(folder, self.extensions).items():
+            suffix = name[len(stem):]
+            if suffix not in self.suffixes:  # e.g. .AVI
+                self.suffixes.append(suffix)
+            found[stem] = self.suffixes.index(suffix)
+        return found

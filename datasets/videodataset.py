@@ -1,4 +1,4 @@
-"""Datasets of trimmed videos described by an ActivityNet-style annotation json (SPEC.md section 2)."""
+"""Datasets of trimmed videos described by an ActivityNet-style annotation json."""
 import json
 import multiprocessing
 import warnings
@@ -8,6 +8,8 @@ from typing import Callable, List, Sequence, Tuple
 import numpy as np
 
 from utils import UserError
+from .annotation import TEST_LABEL, read_video_records
+from .layout import FrameFolderLayout
 from .loader import FrameError, VideoLoader
 
 # Bad frames named in one warning; the rest of the clip's are counted.
@@ -49,7 +51,8 @@ def get_database(data: dict, subset: str, root_path: Path, video_path_formatter:
         if 'video_path' in value:
             video_paths.append(Path(value['video_path']))
         else:
-            video_paths.append(video_path_formatter(root_path, annotation.get('label', ''), key))
+            video_paths.append(video_path_formatter(root_path,
+                                                    annotation.get('label', TEST_LABEL), key))
     return video_ids, video_paths, annotations
 
 
@@ -143,7 +146,9 @@ class VideoDataset:
     """One clip per video (training): `(clip [C, T, H, W] float32, target)`.
 
     A video whose folder is missing, or whose segment has no frames, is skipped; the count of
-    skipped videos is reported once. A frame that is missing or corrupt is replaced by the
+    skipped videos is reported once. `data` holds one compact record per video (`VideoRecords`,
+    a sequence of the reference's sample dicts); the frame numbers of a video are listed when
+    its sample is read, so an annotation of 700,000 videos takes seconds and tens of MB. A frame that is missing or corrupt is replaced by the
     nearest readable frame of its video (the reference silently returns a short clip or
     fails), and a video without any readable frame gives its place to the next video; both are
     warned about once per video and counted in `bad_frames`. `strict_data=True` makes the first
@@ -152,7 +157,7 @@ class VideoDataset:
 
     def __init__(self, root_path: Path, annotation_path: Path, subset: str,
                  spatial_transform=None, temporal_transform=None, target_transform=None,
-                 video_loader=None, video_path_formatter=default_video_path_formatter,
+                 video_loader=None, video_path_formatter=FrameFolderLayout(),
                  image_name_formatter=None, target_type='label', strict_data: bool = False):
         self.subset = subset
         self.target_type = target_type
@@ -171,59 +176,25 @@ class VideoDataset:
         self.bad_frames = BadFrameLog(len(self.data))
 
     def _make_dataset(self, root_path, annotation_path, subset, video_path_formatter):
-        data = load_annotation(annotation_path)
-        class_to_idx = get_class_labels(data)
-        idx_to_class = {index: name for name, index in class_to_idx.items()}
-        video_ids, video_paths, annotations = get_database(data, subset, root_path,
-                                                           video_path_formatter)
-        dataset, missing, empty, zero_based = [], [], 0, 0
-        for video_id, video_path, annotation in zip(video_ids, video_paths, annotations):
-            if 'label' in annotation:
-                label = annotation['label']
-                if label not in class_to_idx:
-                    raise UserError(f'{annotation_path}: video {video_id} has label {label!r}, '
-                                    'which is not in "labels"')
-                label_id = class_to_idx[label]
-            elif _needs_label(self.target_type):
-                raise UserError(f'{annotation_path}: video {video_id} of subset {subset!r} '
-                                'has no label')
-            else:
-                label_id = -1
-            if 'segment' not in annotation:
-                raise UserError(f'{annotation_path}: video {video_id} has no "segment"')
-            if not video_path.exists():
-                missing.append(video_path)
-                continue
-            segment = annotation['segment']
-            if segment[0] == 0 and segment[1] > 0:  # the reference's hdf5 segment [0, n]: 1..n
-                segment = [1, segment[1] + 1]
-                zero_based += 1
-            if segment[1] <= segment[0]:
-                empty += 1
-                continue
-            dataset.append({
-                'video': video_path,
-                'segment': segment,
-                'frame_indices': list(range(segment[0], segment[1])),
-                'video_id': video_id,
-                'label': label_id,
-            })
+        records, class_names, missing, counts = read_video_records(
+            annotation_path, subset, root_path, video_path_formatter,
+            _needs_label(self.target_type))
         what = getattr(video_path_formatter, 'what', 'frame folder')
-        if missing:
-            warnings.warn(f'{len(missing)} of {len(video_ids)} {subset} videos have no {what} '
-                          f'and are skipped (first: {missing[0]})', stacklevel=2)
-        if empty:
-            warnings.warn(f'{empty} {subset} videos have no frames (segment [1, 1]) and are '
-                          'skipped', stacklevel=2)
-        if zero_based:
-            warnings.warn(f'{zero_based} {subset} videos have a segment [0, n] (the reference\'s '
-                          'kinetics_json for hdf5): read as frames 1 to n, segment [1, n + 1]',
-                          stacklevel=2)
-        if not dataset:
+        if counts['missing']:
+            warnings.warn(f'{counts["missing"]} of {counts["videos"]} {subset} videos have no '
+                          f'{what} and are skipped (first: {missing[0]})', stacklevel=3)
+        if counts['empty']:
+            warnings.warn(f'{counts["empty"]} {subset} videos have no frames (segment [1, 1]) '
+                          'and are skipped', stacklevel=3)
+        if counts['zero_based']:
+            warnings.warn(f'{counts["zero_based"]} {subset} videos have a segment [0, n] (the '
+                          'reference\'s kinetics_json for hdf5): read as frames 1 to n, segment '
+                          '[1, n + 1]', stacklevel=3)
+        if not len(records):
             raise UserError(f'no usable {subset} videos: {annotation_path} lists '
-                            f'{len(video_ids)}, {len(missing)} of them without a {what} '
+                            f'{counts["videos"]}, {counts["missing"]} of them without a {what} '
                             f'under {root_path}')
-        return dataset, idx_to_class
+        return records, dict(enumerate(class_names))
 
     def __getitem__(self, index: int):
         """The sample of video `index`; a video without a readable frame gives way to the next."""
@@ -232,7 +203,7 @@ class VideoDataset:
             try:
                 return self.get_sample(i)
             except NoReadableFrame as e:
-                self.bad_frames.video_skipped(i, self.data[i]['video_id'], e)
+                self.bad_frames.video_skipped(i, self.data.video_id(i), e)
         raise UserError(f'none of the {len(self.data)} {self.subset} videos has a readable frame')
 
     def get_sample(self, index: int):
@@ -255,15 +226,15 @@ class VideoDataset:
     def read_frames(self, index: int, frame_indices: Sequence[int]) -> list:
         """The frames of a clip; a missing or corrupt one is an error with `strict_data`, else it
         is replaced by the nearest readable frame of the video."""
-        sample = self.data[index]
+        video_path = self.data.video_path(index)
         try:
-            return self.loader(sample['video'], frame_indices)
+            return self.loader(video_path, frame_indices)
         except FrameError:
             if self.strict_data:
                 raise
-        frames, errors = nearest_readable_frames(self.loader, sample['video'], frame_indices,
-                                                 sample['frame_indices'])
-        self.bad_frames.frames_replaced(index, sample['video_id'], errors)
+        frames, errors = nearest_readable_frames(self.loader, video_path, frame_indices,
+                                                 self.data.frame_indices(index))
+        self.bad_frames.frames_replaced(index, self.data.video_id(index), errors)
         return frames
 
     def get_target(self, sample: dict):

@@ -1,5 +1,7 @@
 """VideoDataset / VideoDatasetMultiClips on tiny folder trees."""
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +177,132 @@ def test_empty_subset_and_missing_annotation_are_errors(tree, tmp_path):
     bad.write_text('{')
     with pytest.raises(UserError, match='not valid json'):
         training_data(root, bad)
+
+
+# Compact records (Kinetics-size annotations) ------------------------------------------------
+
+def expected_samples(annotation, root, subset):
+    """What the dataset held before its records were compact: json.load, then one dict with a
+    list of frame numbers per video that has a folder and frames, in json order."""
+    data = json.loads(annotation.read_text())
+    samples = []
+    for video_id, value in data['database'].items():
+        if value['subset'] != subset:
+            continue
+        ann = value['annotations']
+        path = (Path(value['video_path']) if 'video_path' in value
+                else root / ann.get('label', 'test') / video_id)
+        if not path.exists() or ann['segment'][1] <= ann['segment'][0]:
+            continue
+        samples.append({'video': path, 'segment': ann['segment'],
+                        'frame_indices': list(range(*ann['segment'])), 'video_id': video_id,
+                        'label': data['labels'].index(ann['label']) if 'label' in ann else -1})
+    return samples
+
+
+@pytest.fixture
+def many(tmp_path):
+    """Folders of 60 videos in 5 classes, oddly formatted json (whitespace, unicode ids, labels
+    after the database, other keys), some videos missing or empty, one with its own path."""
+    root = tmp_path / 'jpg'
+    labels = ['jump', 'run ', 'sit', 'ünïcode', 'x' * 40]
+    database = {}
+    for i in range(60):
+        label = labels[i % 5]
+        video_id = f'vid_{i:03d}_{"é" * (i % 3)}'
+        subset = ('training', 'validation', 'testing')[i % 3]
+        n = 1 + (i * 7) % 23
+        ann = {'segment': [1, n + 1] if i % 11 else [1, 1]}
+        if subset != 'testing' or i % 2:
+            ann['label'] = label
+        database[video_id] = {'subset': subset, 'annotations': ann, 'extra': [1, {'a': None}]}
+        if i % 13:
+            (root / ann.get('label', 'test') / video_id).mkdir(parents=True)
+    (tmp_path / 'own').mkdir()
+    database['vid_005_éé']['video_path'] = str(tmp_path / 'own')
+    text = json.dumps({'version': 1.5, 'database': database, 'labels': labels}, indent=3,
+                      ensure_ascii=bool(len(database) % 2))
+    annotation = tmp_path / 'many.json'
+    annotation.write_text(text, encoding='utf-8')
+    return root, annotation
+
+
+@pytest.mark.parametrize('chunk', [None, 5])
+def test_records_give_the_samples_of_a_full_json_load(many, monkeypatch, chunk):
+    from datasets.annotation import JsonStream
+    if chunk:  # buffer boundaries inside every token
+        monkeypatch.setattr(JsonStream, 'CHUNK', chunk)
+        monkeypatch.setattr(JsonStream, 'MARGIN', 2)
+    root, annotation = many
+    for subset, get in (('training', lambda: get_training_data(root, annotation, 'kinetics',
+                                                               'rgb', 'jpg')),
+                        ('validation', lambda: get_validation_data(root, annotation, 'kinetics',
+                                                                   'rgb', 'jpg')[0]),
+                        ('testing', lambda: get_inference_data(root, annotation, 'kinetics',
+                                                               'rgb', 'jpg', 'test')[0])):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            data = get()
+        expected = expected_samples(annotation, root, subset)
+        assert len(expected) > 5
+        assert list(data.data) == expected
+        assert data.class_names == {0: 'jump', 1: 'run ', 2: 'sit', 3: 'ünïcode', 4: 'x' * 40}
+        assert [data.data.frame_indices(i) for i in range(len(data))] == [
+            s['frame_indices'] for s in expected]
+
+
+def test_records_are_arrays_not_lists(many):
+    root, annotation = many
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        data = get_training_data(root, annotation, 'kinetics', 'rgb', 'jpg')
+    assert isinstance(data.data.starts, np.ndarray) and isinstance(data.data.ends, np.ndarray)
+    assert data.data.starts.dtype == np.int32 and data.data.labels.dtype == np.int32
+
+
+@pytest.mark.parametrize('text, message', [
+    ('{"labels": ["a"], "database": {"v": {"subset": "training", "annotations": {"label": "a", '
+     '"segment": [1, 3]}}',  # cut short: the error is at its end, char 108
+     r'not valid json: expecting .,. or .}. \(char 108\)'),
+    ('{"labels": ["a"], "database": {"v": {"subset": "training" "annotations": {}}}}',
+     r'not valid json: Expecting .,. delimiter'),
+    ('{"labels": ["a"], "database": {}} []', 'not valid json: extra data'),
+    ('[1, 2]', 'has no "labels" and "database"'),
+    ('{"database": {}}', 'has no "labels" and "database"'),
+    ('{"labels": ["a"], "database": {"v": {"subset": "training", "annotations": '
+     '[{"label": "a", "segment": [0.5, 3.2]}]}}}',
+     r'video v has a list of "annotations" \(ActivityNet.s untrimmed format'),
+    ('{"labels": ["a"], "database": {"v": {"subset": "training", "annotations": {"label": "a", '
+     '"segment": "all"}}}}', r'video v has a "segment" that is not \[first, last \+ 1\]'),
+])
+def test_annotation_errors_name_the_file(tmp_path, text, message):
+    annotation = tmp_path / 'bad.json'
+    annotation.write_text(text)
+    (tmp_path / 'jpg' / 'a' / 'v').mkdir(parents=True)
+    with pytest.raises(UserError, match=message):
+        get_training_data(tmp_path / 'jpg', annotation, 'ucf101', 'rgb', 'jpg')
+
+
+def test_dataset_name_is_checked(tree):
+    root, annotation = tree
+    with pytest.raises(UserError, match="unknown dataset 'ucf': one of kinetics, activitynet, "
+                                        "ucf101, hmdb51, mit"):
+        get_training_data(root, annotation, 'ucf', 'rgb', 'jpg')
+    with pytest.raises(UserError, match="unknown --file_type 'png': one of jpg, hdf5, video"):
+        get_training_data(root, annotation, 'ucf101', 'rgb', 'png')
+    with pytest.raises(UserError, match='--input_type flow needs --file_type hdf5'):
+        get_training_data(root, annotation, 'ucf101', 'flow', 'jpg')
+
+
+def test_unlabelled_test_videos_are_looked_for_in_the_test_folder(tmp_path):
+    """Where the annotation scripts and generate_video_jpgs put Kinetics' test set."""
+    root = tmp_path / 'jpg'
+    write_video(root / 'test' / 'xyz', 5)
+    annotation = tmp_path / 'a.json'
+    annotation.write_text(json.dumps({'labels': ['a'], 'database': {
+        'xyz': {'subset': 'testing', 'annotations': {'segment': [1, 6]}}}}))
+    data, _ = get_inference_data(root, annotation, 'kinetics', 'rgb', 'jpg', 'test',
+                                 Compose([ToTensor()]), SlidingWindow(4, 4))
+    clips, targets = data[0]
+    assert targets == [['xyz', [1, 5]], ['xyz', [5, 6]]]
+    assert [frame_numbers(c) for c in clips] == [[1, 2, 3, 4], [5, 5, 5, 5]]
