@@ -226,8 +226,9 @@ class _Library:
 
 
 class _Operand:
-    """One operand of a primitive: its plain NCDHW descriptor and, when the primitive wants
-    another layout, the reorders between the two."""
+    """One operand of a primitive: its plain float32 NCDHW descriptor (Paddle's tensor) and,
+    when the primitive wants another layout or data type, the reorders between the two (a
+    reorder converts float32 to bfloat16 and back)."""
 
     def __init__(self, library: _Library, shape: Sequence[int], md: _c):
         self.library = library
