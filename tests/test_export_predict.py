@@ -133,6 +133,41 @@ def test_videos_give_the_top1_of_their_frame_folders(demo, exported, tmp_path, c
           f'(mean {np.mean(differences):.4f})')
 
 
+def test_timeline_windows_are_the_segments_of_main_inference_no_average(demo, exported, tmp_path):
+    """--timeline's windows of a frame folder: main.py --inference_no_average's segments and
+    per-segment scores; those of the video file, timed at its 25 fps."""
+    main.main(['--root_path', str(demo), '--video_path', 'jpg',
+               '--annotation_path', 'json/ucf101_01.json', '--result_path', str(tmp_path),
+               '--dataset', 'ucf101', '--n_classes', '4', '--model_depth', '10',
+               '--resnet_widen_factor', '0.5', '--sample_size', '32', '--sample_duration', '8',
+               '--sample_t_stride', '2', '--n_threads', '0', '--no_train', '--no_val',
+               '--resume_path', 'results/save_30.pdparams', '--inference',
+               '--inference_no_average', '--inference_stride', '4', '--output_topk', '0'])
+    expected = json.loads((tmp_path / 'val.json').read_text())['results']
+    folder, avi = split1_test_videos(demo)['v_DriftUp_g01_c01']
+    output = tmp_path / 'timeline.json'
+    predict_video.main([str(folder), '--model', str(exported), '--topk', '0', '--timeline',
+                        '--output', str(output)])
+    timeline = json.loads(output.read_text())['timeline']['v_DriftUp_g01_c01']
+    assert timeline['fps'] is None  # a frame folder: frames, no times
+    windows, segments = timeline['windows'], expected['v_DriftUp_g01_c01']
+    assert [w['segment'] for w in windows] == [s['segment'] for s in segments]
+    assert len(windows) >= 2
+    for window, segment in zip(windows, segments):
+        assert (window['start'], window['end']) == (None, None)
+        actual, wanted = scores(window['result']), scores(segment['result'])
+        np.testing.assert_allclose([actual[c] for c in CLASSES], [wanted[c] for c in CLASSES],
+                                   rtol=1e-4)
+
+    predict_video.main([str(avi), '--model', str(exported), '--timeline', '--output', str(output)])
+    timeline = json.loads(output.read_text())['timeline']['v_DriftUp_g01_c01']
+    assert timeline['fps'] == 25  # make_demo_data's rate
+    # windows of 8 frames every 2 x 4 = 8: the second is frames 9..16, 0.32 s to 0.64 s
+    assert timeline['windows'][1]['segment'] == [9, 17]
+    assert (timeline['windows'][1]['start'], timeline['windows'][1]['end']) == \
+        pytest.approx((0.32, 0.64))
+
+
 def test_a_video_decodes_like_its_frame_folder(demo):
     folder, avi = split1_test_videos(demo)['v_Still_g01_c01']
     decoded = list(predict_video.decode_video(avi))
