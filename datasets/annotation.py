@@ -193,11 +193,44 @@ class _Listings:
         return path.name in self._names[folder]
 
 
+def read_json_database(annotation_path: Path, on_entry: Callable[[str, object], None]) -> dict:
+    """Call `on_entry(video_id, entry)` for each member of the json's "database" object, in
+    order, decoding one at a time; returns the other top-level members (and "database": True).
+    Errors name the file: missing, not json, no "labels" and "database"."""
+    try:
+        f = Path(annotation_path).open(encoding='utf-8')
+    except FileNotFoundError as e:
+        raise UserError(f'annotation file not found: {annotation_path}') from e
+    top = {}
+    with f:
+        stream = JsonStream(f, annotation_path)
+        try:
+            if stream.peek() != '{':
+                raise UserError(f'annotation file {annotation_path} has no "labels" and '
+                                '"database"')
+            for key in stream.members():
+                if key == 'database':
+                    if stream.peek() != '{':
+                        raise stream.error('"database" is not an object')
+                    for video_id in stream.members():
+                        on_entry(video_id, stream.value())
+                    top[key] = True
+                else:
+                    top[key] = stream.value()
+            if stream.peek():
+                raise stream.error('extra data after the json object')
+        except UnicodeDecodeError as e:
+            raise UserError(f'annotation file {annotation_path} is not utf-8 text: {e}') from e
+    if 'labels' not in top or 'database' not in top:
+        raise UserError(f'annotation file {annotation_path} has no "labels" and "database"')
+    return top
+
+
 def read_video_records(annotation_path: Path, subset: str, root_path: Path, formatter: Callable,
                        needs_label: bool) -> tuple:
     """(VideoRecords of the videos of `subset` that are there and have frames, the class names,
-    the paths of the videos that are not there, the number without frames, the number whose
-    segment was the reference's 0-based hdf5 one, the number of videos of the subset).
+    [the path of the first video that is not there], counts: 'videos' of the subset,
+    'missing', 'empty' (no frames), 'zero_based' (the reference's hdf5 segment [0, n])).
 
     Errors name the file and the video: a video without "segment", a label not in "labels",
     a video without label when `needs_label`, ActivityNet's untrimmed annotations.
@@ -212,7 +245,6 @@ def read_video_records(annotation_path: Path, subset: str, root_path: Path, form
     first_video_of_label: Dict[str, str] = {}
     missing: List[Path] = []
     counts = {'videos': 0, 'missing': 0, 'empty': 0, 'zero_based': 0}
-    top = {}
 
     def bad(video_id, what):
         return UserError(f'{annotation_path}: video {video_id} {what}')
@@ -275,27 +307,7 @@ def read_video_records(annotation_path: Path, subset: str, root_path: Path, form
         ends.append(end)
         variants.append(variant)
 
-    try:
-        f = Path(annotation_path).open(encoding='utf-8')
-    except FileNotFoundError as e:
-        raise UserError(f'annotation file not found: {annotation_path}') from e
-    with f:
-        stream = JsonStream(f, annotation_path)
-        try:
-            if stream.peek() != '{':
-                raise UserError(f'annotation file {annotation_path} has no "labels" and '
-                                '"database"')
-            for key in stream.members():
-                if key == 'database' and stream.peek() == '{':
-                    for video_id in stream.members():
-                        add(video_id, stream.value())
-                    top[key] = True
-                else:
-                    top[key] = stream.value()
-            if stream.peek():
-                raise stream.error('extra data after the json object')
-        except UnicodeDecodeError as e:
-            raise UserError(f'annotation file {annotation_path} is not utf-8 text: {e}') from e
+    top = read_json_database(annotation_path, add)
     if 'labels' not in top or 'database' not in top:
         raise UserError(f'annotation file {annotation_path} has no "labels" and "database"')
     class_names = top['labels']

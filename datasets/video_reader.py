@@ -242,6 +242,13 @@ class VideoReader:
                 found[target] = 'does not decode'
         return found
 
+    def undecodable(self) -> List[int]:
+        """The numbers of the frames that do not decode, from a decode of the whole video."""
+        self._start_pass(1, back=len(self._key_numbers))  # from the start of the file
+        seen = {number for number, _ in self._pass if number is not None}
+        self._pass = None
+        return [k for k in range(1, self.n_frames + 1) if k not in seen]
+
     # -- conversion -----------------------------------------------------------------------------
 
     def _image(self, frame):
