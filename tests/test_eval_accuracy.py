@@ -113,8 +113,9 @@ def test_user_errors(paths, tmp_path):
     bad.write_text(json.dumps({'results': {'v1': [{'label': 'Z', 'score': 1}]}}))
     with pytest.raises(UserError, match="video v1: label 'Z' is not in"):
         main([str(gt), str(bad)])
-    bad.write_text(json.dumps({'results': {'v1': [{'segment': [1, 17], 'result': []}]}}))
-    with pytest.raises(UserError, match='per-segment results'):
+    bad.write_text(json.dumps({'results': {'v1': [{'segment': [1, 17], 'result': []}],
+                                           'v2': [{'label': 'B', 'score': 1}]}}))
+    with pytest.raises(UserError, match='mixes averaged and per-segment results'):
         main([str(gt), str(bad)])
     bad.write_text(json.dumps({'results': {'x9': [{'label': 'A', 'score': 1}]}}))
     with pytest.raises(UserError, match='none of the 5 ground-truth videos'):
@@ -123,3 +124,72 @@ def test_user_errors(paths, tmp_path):
         main([str(gt)])
     with pytest.raises(SystemExit):
         main([str(gt), str(result), '--result_path', str(bad)])
+
+
+def clip(first, **scores):
+    """A per-segment entry of main.py --inference_no_average (scores listed unsorted)."""
+    return {'segment': [first, first + 16],
+            'result': [{'label': label, 'score': score} for label, score in scores.items()]}
+
+
+# --inference_no_average with --output_topk 0: every class in every clip. Top-1 by hand:
+#   v1 (A): clips A, B, B -> 1/3 right; averages A .4, B .45, C .15 -> B: wrong
+#   v2 (B): clips A, B    -> 1/2 right; averages A .275, B .65       -> B: right
+#   v3 (C): clip C        -> 1/1 right                                -> C: right
+#   v4 (A): clips C, C    -> 0/2 right; averages C .45, A .325       -> C: wrong
+#   clips 3/8 = 0.375; videos 2/4 with --ignore (v5 has no result), 2/5 without
+PER_CLIP = {'results': {
+    'v1': [clip(1, A=0.5, B=0.3, C=0.2), clip(17, C=0.1, A=0.3, B=0.6),
+           clip(33, A=0.4, B=0.45, C=0.15)],
+    'v2': [clip(1, B=0.4, A=0.5, C=0.1), clip(17, A=0.05, B=0.9, C=0.05)],
+    'v3': [clip(1, A=0.2, B=0.1, C=0.7)],
+    'v4': [clip(1, A=0.3, B=0.2, C=0.5), clip(17, A=0.35, B=0.25, C=0.4)],
+    't1': [clip(1, A=1.0, B=0.0, C=0.0)],  # training video: none of its clips counted
+}}
+
+
+@pytest.fixture
+def per_clip_paths(paths):
+    gt, result = paths
+    result.write_text(json.dumps(PER_CLIP))
+    return gt, result
+
+
+def test_per_clip_results_give_clip_and_video_accuracy(per_clip_paths, capsys):
+    gt, result = per_clip_paths
+    assert main([str(gt), str(result), '--ignore', '--save']) == 2 / 4  # the video accuracy
+    assert (result.parent / 'top1.txt').read_text() == '0.5\n'
+    out = capsys.readouterr().out
+    assert f'result: 5 videos, 9 clips (not averaged: --inference_no_average) in {result}' in out
+    assert 'note:' not in out  # every clip lists every class
+    assert ('top-1 accuracy: clip 0.3750 (3/8 clips)  video 0.5000 (2/4 videos, clip scores '
+            'averaged)') in out
+    assert main([str(gt), str(result)]) == 2 / 5
+    # top-2: every clip and every video has its label among its best two
+    assert main([str(gt), str(result), '-k', '2', '--ignore']) == 1
+    assert 'top-2 accuracy: clip 1.0000 (8/8 clips)  video 1.0000 (4/4 videos' in \
+        capsys.readouterr().out
+
+
+def test_per_clip_per_class(per_clip_paths, capsys):
+    gt, result = per_clip_paths
+    main([str(gt), str(result), '--per_class'])
+    out = capsys.readouterr().out.splitlines()
+    start = out.index('per-class top-1 accuracy:')
+    # A: clips of v1 (1/3) and v4 (0/2); B: v2's clips (v5 has none), v5 counted as a wrong video
+    assert out[start + 1:start + 4] == ['  A  clip 0.2000 (1/5)  video 0.0000 (0/2)',
+                                        '  B  clip 0.5000 (1/2)  video 0.5000 (1/2)',
+                                        '  C  clip 1.0000 (1/1)  video 1.0000 (1/1)']
+
+
+def test_clips_with_only_their_top_classes_average_missing_ones_as_zero(paths, capsys):
+    """--output_topk 1: v1 (A) lists A .5, A .5, B .9; A's average (0.5 + 0.5 + 0) / 3 beats
+    B's (0 + 0 + 0.9) / 3, so v1 is right (averaging only the clips that list a class would give
+    A .5 < B .9). Its clips are 2/3 right."""
+    gt, result = paths
+    result.write_text(json.dumps({'results': {
+        'v1': [clip(1, A=0.5), clip(17, A=0.5), clip(33, B=0.9)]}}))
+    assert main([str(gt), str(result), '--ignore']) == 1
+    out = capsys.readouterr().out
+    assert 'note: clips list only their top classes (--output_topk)' in out
+    assert 'top-1 accuracy: clip 0.6667 (2/3 clips)  video 1.0000 (1/1 videos' in out

@@ -9,8 +9,8 @@ import pytest
 import inference
 import main
 from conftest import ROOT
-from util_scripts import (export_model, generate_video_jpgs, make_demo_data, predict_video,
-                          ucf101_json)
+from util_scripts import (eval_accuracy, export_model, generate_video_jpgs, make_demo_data,
+                          predict_video, ucf101_json)
 from utils import UserError
 
 CLASSES = list(make_demo_data.CLASSES)
@@ -144,6 +144,10 @@ def test_timeline_windows_are_the_segments_of_main_inference_no_average(demo, ex
                '--resume_path', 'results/save_30.pdparams', '--inference',
                '--inference_no_average', '--inference_stride', '4', '--output_topk', '0'])
     expected = json.loads((tmp_path / 'val.json').read_text())['results']
+    # eval_accuracy averages these clips into the video accuracy of main.py's averaged result
+    annotation = str(demo / 'json' / 'ucf101_01.json')
+    assert eval_accuracy.main([annotation, str(tmp_path / 'val.json')]) == \
+        eval_accuracy.main([annotation, str(demo / 'results' / 'val.json')])
     folder, avi = split1_test_videos(demo)['v_DriftUp_g01_c01']
     output = tmp_path / 'timeline.json'
     predict_video.main([str(folder), '--model', str(exported), '--topk', '0', '--timeline',
