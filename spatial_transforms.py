@@ -240,6 +240,10 @@ class Resize:
         return f'{type(self).__name__}(size={self.size}, interpolation={_name(self.interpolation)})'
 
 
+# The reference's name, from torchvision's deprecated transforms.Scale (the same transform)
+Scale = Resize
+
+
 class CenterCrop:
     """Central crop of `size` (int: square, or (h, w)); torchvision's rounding and zero padding of small images."""
 
