@@ -111,10 +111,9 @@ class VideoReader:
     def __init__(self, path: Union[str, Path], size: Optional[int] = None):
         self.av = import_av()
         self.path = Path(path)
-        self._pass = None
         self.size = size
         self._graph, self._graph_key = None, None
-        self._container = None
+        self._container, self._pass = None, None
         self._open()
         self.n_frames, self._numbers, self._key_numbers, self._key_seek_ts = self._index()
         self.sequential = self._numbers is None
@@ -140,7 +139,7 @@ class VideoReader:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0 and packet.pts is None and packet.dts is None:
                     continue  # the flush packet at the end
-                if packet.is_discard:
+                if getattr(packet, 'is_discard', False):
                     continue  # dropped by the decoder (e.g. before an mp4 edit list's start)
                 stamps.append(packet.pts)
                 if packet.is_keyframe:
@@ -199,7 +198,8 @@ class VideoReader:
         """Decode until frame `target`, keeping the wanted frames met on the way.
 
         'reached': the pass got to `target` (or beyond, when `target` does not decode);
-        'late': a fresh pass began beyond `target` (a seek landed late); 'end': the file ended.
+        'late': a fresh pass began beyond `target` or gave no frame (a seek landed late);
+        'end': the file ended.
         """
         for number, frame in self._pass:
             if number is None:
@@ -213,6 +213,8 @@ class VideoReader:
             if number >= target:
                 return 'reached'
         self._pass = None
+        if self._pos == 0:
+            return 'late'
         self._decodable = min(self._decodable, self._pos)
         return 'end'
 

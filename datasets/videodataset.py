@@ -8,16 +8,12 @@ from typing import Callable, List, Sequence, Tuple
 import numpy as np
 
 from utils import UserError
-from .annotation import TEST_LABEL, read_video_records
+from .annotation import read_video_records
 from .layout import FrameFolderLayout
 from .loader import FrameError, VideoLoader
 
 # Bad frames named in one warning; the rest of the clip's are counted.
 MAX_FRAMES_NAMED = 3
-
-
-def default_video_path_formatter(root_path: Path, label: str, video_id: str) -> Path:
-    return root_path / label / video_id
 
 
 def load_annotation(annotation_path: Path) -> dict:
@@ -32,28 +28,6 @@ def load_annotation(annotation_path: Path) -> dict:
     if not isinstance(data, dict) or 'labels' not in data or 'database' not in data:
         raise UserError(f'annotation file {annotation_path} has no "labels" and "database"')
     return data
-
-
-def get_class_labels(data: dict) -> dict:
-    """Class name -> index, in the order of the json's `labels`."""
-    return {name: index for index, name in enumerate(data['labels'])}
-
-
-def get_database(data: dict, subset: str, root_path: Path, video_path_formatter: Callable):
-    """The ids, paths and annotations of the videos of one subset."""
-    video_ids, video_paths, annotations = [], [], []
-    for key, value in data['database'].items():
-        if value.get('subset') != subset:
-            continue
-        annotation = value.get('annotations', {})
-        video_ids.append(key)
-        annotations.append(annotation)
-        if 'video_path' in value:
-            video_paths.append(Path(value['video_path']))
-        else:
-            video_paths.append(video_path_formatter(root_path,
-                                                    annotation.get('label', TEST_LABEL), key))
-    return video_ids, video_paths, annotations
 
 
 class NoReadableFrame(UserError):
