@@ -7,6 +7,7 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from distributed import all_sum
+from models import onednn
 from utils import AverageMeter, Interrupted, UserError
 
 # Batches whose loss and accuracy are read from the device at once: one transfer (and in a
@@ -26,8 +27,13 @@ def check_amp(amp, device: str) -> None:
     if not amp:
         return
     if device == 'cpu':
-        raise UserError("--amp needs a GPU: Paddle's mixed precision leaves CPU operations in "
-                        'float32')
+        if amp != 'bfloat16':
+            raise UserError('--amp float16 needs a GPU; on a CPU with bfloat16 instructions '
+                            '(avx512_bf16 or amx_bf16), use --amp bfloat16')
+        if not onednn.bfloat16_supported():
+            raise UserError('--amp bfloat16: this CPU has no bfloat16 instructions (avx512_bf16 '
+                            'or amx_bf16 in lscpu) or oneDNN could not be loaded; drop --amp')
+        return
     if amp == 'float16' and not paddle.amp.is_float16_supported('gpu'):
         raise UserError('--amp float16: this GPU has no fast float16 (compute capability below '
                         "7.0: Paddle's auto_cast would switch itself off); drop --amp")
@@ -36,9 +42,16 @@ def check_amp(amp, device: str) -> None:
 
 
 def autocast(amp):
-    """The mixed-precision context of --amp ('float16', 'bfloat16' or None: float32)."""
+    """The mixed-precision context of --amp ('float16', 'bfloat16' or None: float32).
+
+    On GPU, Paddle's auto_cast. On CPU (bfloat16 only), the oneDNN convolutions multiply in
+    bfloat16 and accumulate in float32, forward and both backward passes; every tensor Paddle
+    sees stays float32, so BatchNorm, the loss and the optimizer's weights are float32.
+    """
     if not amp:
         return contextlib.nullcontext()
+    if paddle.device.get_device() == 'cpu':
+        return onednn.compute_dtype(amp)
     return paddle.amp.auto_cast(custom_white_list=AMP_WHITE_LIST, level='O1', dtype=amp)
 
 

@@ -7,6 +7,7 @@ import pytest
 
 import training
 import validation
+from models import onednn
 from utils import UserError
 
 
@@ -31,6 +32,7 @@ def test_amp_puts_the_3d_convolutions_on_the_half_precision_list(monkeypatch):
         default_white, _ = update_list(None, None, 'O1', dtype)
         assert 'conv3d' not in default_white
         calls = []
+        monkeypatch.setattr(paddle.device, 'get_device', lambda: 'gpu:0')
         monkeypatch.setattr(paddle.amp, 'auto_cast', lambda **kwargs: calls.append(kwargs))
         training.autocast(dtype)
         white, black = update_list(calls[0]['custom_white_list'], None, calls[0]['level'],
@@ -45,8 +47,30 @@ def test_float16_on_an_old_gpu_is_refused_with_one_line(monkeypatch):
         training.check_amp('float16', 'gpu')
     monkeypatch.setattr(paddle.amp, 'is_float16_supported', lambda device=None: True)
     training.check_amp('float16', 'gpu')  # a capable GPU: accepted
-    with pytest.raises(UserError, match='--amp needs a GPU'):
+    with pytest.raises(UserError, match='--amp float16 needs a GPU'):
         training.check_amp('float16', 'cpu')
+
+
+def test_bfloat16_on_a_cpu_without_it_is_refused_with_one_line(monkeypatch):
+    monkeypatch.setattr(onednn, 'bfloat16_supported', lambda: False)
+    with pytest.raises(UserError, match='--amp bfloat16: this CPU has no bfloat16 instructions'):
+        training.check_amp('bfloat16', 'cpu')
+    monkeypatch.setattr(onednn, 'bfloat16_supported', lambda: True)
+    training.check_amp('bfloat16', 'cpu')
+
+
+def test_bfloat16_on_cpu_runs_the_convolutions_in_bfloat16(monkeypatch):
+    if not onednn.bfloat16_supported():
+        pytest.skip('this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16)')
+    paddle.set_device('cpu')
+    conv = onednn.Conv3D(3, 8, 3, padding=1)
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal([2, 3, 4, 8, 8]), 'float32')
+    exact = conv(x).numpy()
+    with training.autocast('bfloat16'):
+        rounded = conv(x)
+    assert rounded.dtype == paddle.float32  # what Paddle sees stays float32
+    error = np.abs(rounded.numpy() - exact).max() / np.abs(exact).max()
+    assert 1e-6 < error < 2e-2  # bfloat16's rounding shows; float32 would be ~1e-7
 
 
 class Recorder:
