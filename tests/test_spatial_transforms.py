@@ -321,3 +321,7 @@ def test_get_mean_std_values():
 def test_get_mean_std_rejects_unknown_dataset():
     with pytest.raises(ValueError, match='imagenet'):
         get_mean_std(1, 'imagenet')
+
+
+def test_scale_is_the_references_name_for_resize():
+    assert st.Scale is st.Resize
