@@ -1,6 +1,6 @@
 """Time and memory of building the training dataset of a Kinetics-size annotation.
 
-    python -m datasets.measure_annotation DIR [--n_videos 700000] [--n_frames 300]
+    python -m util_scripts.benchmark_annotation DIR [--n_videos 700000] [--n_frames 300]
         [--n_classes 700] [--file_type jpg]
 
 Writes (once; kept for the next run) a synthetic annotation json of `--n_videos` videos of
@@ -69,7 +69,7 @@ def measure(annotation: Path, tree: Path, file_type: str) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog='python -m datasets.measure_annotation')
+    parser = argparse.ArgumentParser(prog='python -m util_scripts.benchmark_annotation')
     parser.add_argument('dir', type=Path)
     parser.add_argument('--n_videos', type=int, default=700_000)
     parser.add_argument('--n_frames', type=int, default=300)
@@ -87,10 +87,10 @@ def main(argv=None) -> None:
     write_data(args.dir, args.n_videos, args.n_frames, args.n_classes, args.file_type)
     print(f'data in {args.dir} ({time.perf_counter() - start:.0f} s to write)', file=sys.stderr)
     repo = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, '-m', 'datasets.measure_annotation', str(args.dir),
-                             '--n_videos', str(args.n_videos), '--file_type', args.file_type,
-                             '--measure'], cwd=repo, capture_output=True, text=True,
-                            env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
+    result = subprocess.run([sys.executable, '-m', 'util_scripts.benchmark_annotation',
+                             str(args.dir), '--n_videos', str(args.n_videos), '--file_type',
+                             args.file_type, '--measure'], cwd=repo, capture_output=True,
+                            text=True, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
     sys.stderr.write(result.stderr)
     print(result.stdout.strip())
 
