@@ -89,8 +89,9 @@ def get_train_utils(opt, parameters):
     train_loader = make_data_loader(train_data, opt.batch_size, True, opt)
 
     train_logger = make_logger(opt, 'train.log', ['epoch', 'loss', 'acc', 'lr'])
-    train_batch_logger = make_logger(opt, 'train_batch.log',
-                                     ['epoch', 'batch', 'iter', 'loss', 'acc', 'lr'])
+    train_batch_logger = make_logger(opt, 'train_batch.log', ['epoch', 'batch', 'iter', 'loss',
+                                                              'acc', 'lr', 'data_time',
+                                                              'batch_time'])
 
     if opt.lr_scheduler == 'plateau':
         scheduler = paddle.optimizer.lr.ReduceOnPlateau(opt.learning_rate, mode='min',
@@ -206,13 +207,14 @@ def main_worker(opt, stop: StopSignals):
             if opt.distributed:  # one order for all processes, a shard of it each
                 train_loader.batch_sampler.set_epoch(epoch_seed(opt.manual_seed, epoch) % 2**32)
             lr = optimizer.get_lr()
-            loss, acc, seconds = train_epoch(epoch, stop.watch(train_loader, opt.distributed),
-                                             train_model, optimizer, lr, train_logger,
-                                             train_batch_logger, tb_writer, opt.amp, scaler)
+            trained = train_epoch(epoch, stop.watch(train_loader, opt.distributed), train_model,
+                                  optimizer, lr, train_logger, train_batch_logger, tb_writer,
+                                  opt.amp, scaler)
             if opt.distributed:
                 average_batch_norm_stats(model)
-            summary.append(f'train loss {loss:.4f} acc {acc:.3f} lr {lr:g} ({seconds:.0f} s'
-                           f'{bad_frames_note(train_loader)})')
+            summary.append(f'train loss {trained.loss:.4f} acc {trained.acc:.3f} lr {lr:g} '
+                           f'({trained.seconds:.0f} s, waiting for data '
+                           f'{trained.data_seconds:.0f} s{bad_frames_note(train_loader)})')
         if not opt.no_val:
             val_loss, val_acc, video_acc, seconds = val_epoch(
                 epoch, stop.watch(val_loader), model, val_logger, tb_writer, opt.amp)

@@ -1,6 +1,7 @@
 """One training epoch; the loss, the accuracy and mixed precision it uses."""
 import contextlib
 import time
+from typing import NamedTuple, Optional
 
 import paddle
 import paddle.nn.functional as F
@@ -10,9 +11,10 @@ from distributed import all_sum
 from models import onednn
 from utils import AverageMeter, Interrupted, UserError
 
-# Batches whose loss and accuracy are read from the device at once: one transfer (and in a
+# Batches whose loss and accuracy are read from a GPU at once: one transfer (and in a
 # data-parallel run one all-reduce) per interval instead of several per step. The logged values
-# are the same; only the progress bar's figures move in steps of this many batches.
+# are the same; only the progress bar's figures move in steps of this many batches. On the CPU,
+# where reading costs nothing, every batch is read at once.
 READ_INTERVAL = 10
 
 # Paddle's mixed-precision lists name `conv2d` but not `conv3d`: an operation on neither list
@@ -85,9 +87,22 @@ def calculate_accuracy(outputs: paddle.Tensor, targets: paddle.Tensor) -> float:
     return float(count_correct(outputs, targets)) / max(1, outputs.shape[0])
 
 
+class EpochResult(NamedTuple):
+    loss: float  # means over the epoch's clips
+    acc: float
+    seconds: float
+    data_seconds: float  # of `seconds`, waiting for the data loader
+
+
 def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
-                epoch_logger=None, batch_logger=None, tb_writer=None, amp=None, scaler=None):
-    """Train `model` for one pass over `data_loader`; returns (mean loss, mean accuracy, seconds).
+                epoch_logger=None, batch_logger=None, tb_writer=None, amp=None, scaler=None,
+                read_interval: Optional[int] = None) -> EpochResult:
+    """Train `model` for one pass over `data_loader`.
+
+    `batch_logger` gets a row per batch: loss and accuracy of the batch, and as the reference
+    printed them, `data_time` (seconds waiting for the batch: a starved device shows here) and
+    `batch_time` (seconds from the previous batch to this one, data included). `read_interval`:
+    batches per read of the device's figures (default: `READ_INTERVAL` on GPU, 1 on CPU).
 
     In a data-parallel run the loss and accuracy of each batch are those of all processes'
     batches together, so every process returns (and the master logs) the same numbers.
@@ -97,21 +112,28 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
     """
     model.train()
     losses, accuracies = AverageMeter(), AverageMeter()
-    start = time.time()
-    pending = []  # per batch not yet read: (batch index, [loss * n, correct, n] on the device)
+    data_times, batch_times = AverageMeter(), AverageMeter()
+    if read_interval is None:
+        read_interval = 1 if paddle.device.get_device() == 'cpu' else READ_INTERVAL
+    start = end = time.time()
+    # per batch not yet read: (batch index, [loss * n, correct, n] on the device, data_time,
+    # batch_time)
+    pending = []
 
     def read_pending():
         """Log the pending batches with one transfer (and one all-reduce) for all."""
         if not pending:
             return
-        sums = all_sum(paddle.stack([values for _, values in pending]).numpy().ravel())
-        for (i, _), (loss_sum, correct, n) in zip(pending, sums.reshape(-1, 3)):
+        sums = all_sum(paddle.stack([values for _, values, *_ in pending]).numpy().ravel())
+        for (i, _, data_time, batch_time), (loss_sum, correct, n) in zip(pending,
+                                                                       sums.reshape(-1, 3)):
             losses.update(loss_sum / n, n)
             accuracies.update(correct / n, n)
             iteration = (epoch - 1) * len(data_loader) + i + 1
             if batch_logger is not None:
                 batch_logger.log({'epoch': epoch, 'batch': i + 1, 'iter': iteration,
-                                  'loss': losses.val, 'acc': accuracies.val, 'lr': current_lr})
+                                  'loss': losses.val, 'acc': accuracies.val, 'lr': current_lr,
+                                  'data_time': data_time, 'batch_time': batch_time})
             if tb_writer is not None:
                 tb_writer.add_scalar('train_iter/loss', losses.val, iteration)
         pending.clear()
@@ -121,6 +143,8 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
     with tqdm(data_loader, desc=f'train {epoch}', leave=False, dynamic_ncols=True) as bar:
         try:
             for i, (inputs, targets) in enumerate(bar):
+                data_time = time.time() - end
+                data_times.update(data_time)
                 with autocast(amp):
                     outputs = model(inputs)  # [N, n_classes]
                 loss = calculate_loss(outputs, targets)
@@ -135,10 +159,14 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
 
                 n = float(inputs.shape[0])
                 with paddle.no_grad():
-                    pending.append((i, paddle.stack([
-                        loss.detach() * n, count_correct(outputs.detach(), targets),
-                        paddle.full([], n, 'float32')])))
-                if len(pending) == READ_INTERVAL:
+                    values = paddle.stack([loss.detach() * n,
+                                           count_correct(outputs.detach(), targets),
+                                           paddle.full([], n, 'float32')])
+                batch_time = time.time() - end
+                batch_times.update(batch_time)
+                end = time.time()
+                pending.append((i, values, data_time, batch_time))
+                if len(pending) >= read_interval:
                     read_pending()
         except Interrupted:  # every process stops at the same batch: the rows read so far
             read_pending()
@@ -152,4 +180,4 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
         tb_writer.add_scalar('train/loss', losses.avg, epoch)
         tb_writer.add_scalar('train/acc', accuracies.avg, epoch)
         tb_writer.add_scalar('train/lr', current_lr, epoch)  # the reference logged acc here
-    return losses.avg, accuracies.avg, time.time() - start
+    return EpochResult(losses.avg, accuracies.avg, time.time() - start, data_times.sum)

@@ -133,7 +133,11 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_result(data, 
         assert [r['epoch'] for r in read_log(killed / log)] == [str(e) for e in
                                                                range(1, N_EPOCHS + 1)]
         assert read_log(killed / log) == read_log(full / log)
-    assert read_log(killed / 'train_batch.log') == read_log(full / 'train_batch.log')
+    timing = ('data_time', 'batch_time')  # seconds: of each run its own
+    assert ([{k: v for k, v in row.items() if k not in timing}
+             for row in read_log(killed / 'train_batch.log')]
+            == [{k: v for k, v in row.items() if k not in timing}
+                for row in read_log(full / 'train_batch.log')])
     assert (paddle.load(str(killed / f'save_{N_EPOCHS}.pdopt'))['best']
             == paddle.load(str(full / f'save_{N_EPOCHS}.pdopt'))['best'])
 
@@ -220,7 +224,8 @@ def test_bad_frames_are_replaced_warned_once_and_counted_every_epoch(bad_data, t
     summaries = [line for line in out.splitlines() if line.startswith('epoch ')]
     assert len(summaries) == 2
     for line in summaries:
-        assert re.search(r'train .*\(\d+ s, bad frames replaced: 2, videos skipped: 1\)  val', line)
+        assert re.search(r'train .*\(\d+ s, waiting for data \d+ s, bad frames replaced: 2, videos '
+                         r'skipped: 1\)  val', line)
 
 
 def test_strict_data_stops_at_the_first_bad_frame_with_one_line(bad_data, tmp_path):

@@ -59,7 +59,8 @@ def test_result_files(trained, motion_data):
     assert opts['annotation_path'] == str(motion_data[1])
     assert list(read_log(trained / 'train.log')[0]) == ['epoch', 'loss', 'acc', 'lr']
     batches = read_log(trained / 'train_batch.log')
-    assert list(batches[0]) == ['epoch', 'batch', 'iter', 'loss', 'acc', 'lr']
+    assert list(batches[0]) == ['epoch', 'batch', 'iter', 'loss', 'acc', 'lr', 'data_time',
+                                'batch_time']
     assert len(batches) == 6 * 4 and batches[-1]['iter'] == '24'  # 32 clips / batch 8
     assert sorted(p.name for p in trained.glob('save_*')) == [
         'save_3.pdopt', 'save_3.pdparams', 'save_6.pdopt', 'save_6.pdparams']

@@ -1,5 +1,6 @@
 """training.py and validation.py: the loss, mixed precision's choices, batched reads, video accuracy."""
 import importlib
+import time
 
 import numpy as np
 import paddle
@@ -81,7 +82,7 @@ class Recorder:
         self.rows.append(dict(row))
 
 
-def test_batch_log_rows_are_those_of_each_step_though_read_in_intervals(monkeypatch):
+def test_batch_log_rows_are_those_of_each_step_though_read_in_intervals():
     paddle.seed(0)
     rng = np.random.default_rng(0)
     batches = [(paddle.to_tensor(rng.normal(size=(3, 4)).astype('float32')),
@@ -89,12 +90,12 @@ def test_batch_log_rows_are_those_of_each_step_though_read_in_intervals(monkeypa
                for _ in range(training.READ_INTERVAL + 3)]
 
     def run(interval):
-        monkeypatch.setattr(training, 'READ_INTERVAL', interval)
         paddle.seed(1)
         model = paddle.nn.Linear(4, 2)
         optimizer = paddle.optimizer.SGD(0.1, parameters=model.parameters())
         batch_log, epoch_log = Recorder(), Recorder()
-        result = training.train_epoch(1, batches, model, optimizer, 0.1, epoch_log, batch_log)
+        result = training.train_epoch(1, batches, model, optimizer, 0.1, epoch_log, batch_log,
+                                      read_interval=interval)
         return batch_log.rows, epoch_log.rows, result[:2]
 
     stepwise, read_in_intervals = run(1), run(training.READ_INTERVAL)
@@ -102,6 +103,7 @@ def test_batch_log_rows_are_those_of_each_step_though_read_in_intervals(monkeypa
     for a, b in zip(stepwise[0], read_in_intervals[0]):
         assert a.keys() == b.keys() and a['batch'] == b['batch']
         assert a['loss'] == pytest.approx(b['loss'], rel=1e-6) and a['acc'] == b['acc']
+        assert 0 <= a['data_time'] <= a['batch_time']
     assert stepwise[2] == pytest.approx(read_in_intervals[2], rel=1e-6)
     # the rows hold each batch's own loss, not a running mean
     losses = [row['loss'] for row in stepwise[0]]
@@ -129,3 +131,31 @@ def test_val_epoch_reports_clip_and_video_accuracy():
     loss, clip_acc, video_acc, _ = validation.val_epoch(1, [batch], model, log)
     assert clip_acc == pytest.approx(2 / 3) and video_acc == 0.5
     assert log.rows == [{'epoch': 1, 'loss': loss, 'acc': clip_acc, 'video_acc': video_acc}]
+
+
+class SlowLoader:
+    """Batches that each take `seconds` to load."""
+
+    def __init__(self, batches, seconds):
+        self.batches, self.seconds = batches, seconds
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            time.sleep(self.seconds)
+            yield batch
+
+
+def test_waiting_for_data_is_logged_per_batch_and_summed_per_epoch():
+    x = paddle.ones([2, 4])
+    loader = SlowLoader([(x, paddle.to_tensor([0, 1]))] * 3, seconds=0.05)
+    model = paddle.nn.Linear(4, 2)
+    log = Recorder()
+    result = training.train_epoch(1, loader, model,
+                                  paddle.optimizer.SGD(0.1, parameters=model.parameters()), 0.1,
+                                  batch_logger=log)
+    assert [row['data_time'] >= 0.05 for row in log.rows] == [True] * 3
+    assert all(row['batch_time'] >= row['data_time'] for row in log.rows)
+    assert 0.15 <= result.data_seconds <= result.seconds
