@@ -26,7 +26,8 @@ BACKENDS = ('auto', 'onednn', 'dygraph')
 ONEDNN_SHAPE_CACHE = 8
 
 
-def get_video_results(scores: np.ndarray, class_names: Dict[int, str], output_topk: int) -> List[dict]:
+def get_video_results(scores: np.ndarray, class_names: Dict[int, str],
+                      output_topk: int) -> List[dict]:
     """The `output_topk` best classes of one score vector, best first, as {label, score}."""
     k = min(output_topk, len(class_names))
     order = np.argsort(-scores, kind='stable')[:k]
@@ -56,7 +57,8 @@ def quiet_native_stderr():
 
 
 def cpu_threads() -> int:
-    """The math threads to use: OMP_NUM_THREADS when set (main.py sets it), else the usable cores."""
+    """The math threads to use: OMP_NUM_THREADS when set (main.py sets it),
+    else the usable cores."""
     value = os.environ.get('OMP_NUM_THREADS', '')
     return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
 
@@ -156,7 +158,8 @@ class Predictor:
 
 
 class OneDNNPredictor(Predictor):
-    """A Paddle Inference predictor with oneDNN of an eval-mode model: logits of [N, C, T, H, W] clips.
+    """A Paddle Inference predictor with oneDNN of an eval-mode model:
+    logits of [N, C, T, H, W] clips.
 
     The model is exported with `paddle.jit.save` (input spec [None, C, None, None, None], so batch
     size, duration and frame size may vary from call to call) into a temporary folder. Paddle 3
@@ -207,8 +210,8 @@ def make_logits_fn(model: paddle.nn.Layer, sample_clips: np.ndarray, backend: st
     try:
         return OneDNNPredictor(model, sample_clips.shape[1], sample_clips=sample_clips)
     except Exception as e:  # export and predictor creation raise many types; dygraph still works
-        warnings.warn(f'inference runs in dygraph: the oneDNN predictor failed ({type(e).__name__}: '
-                      f'{e})', stacklevel=2)
+        warnings.warn('inference runs in dygraph: the oneDNN predictor failed '
+                      f'({type(e).__name__}: {e})', stacklevel=2)
         return dygraph_logits(model, on_device)
 
 

@@ -39,7 +39,8 @@ def resolve_weights_path(path: Path) -> Path:
 
 
 def load_state_dict(path: Path) -> dict:
-    """Read a Paddle state dict (`.pdparams`, including Paddle 1.8 `save_dygraph` files) as arrays."""
+    """Read a Paddle state dict (`.pdparams`, including Paddle 1.8 `save_dygraph` files)
+    as arrays."""
     path = resolve_weights_path(path)
     if path.suffix in ('.pth', '.pt'):
         raise UserError(f'{path} is a PyTorch checkpoint: convert it first with '
@@ -66,7 +67,8 @@ def check_state_dict(model: nn.Layer, state: dict, path: Path) -> None:
     for title, items in (('missing', missing), ('unexpected', unexpected),
                          ('shape mismatch', shapes)):
         if items:
-            shown = ', '.join(items[:8]) + (f', ... ({len(items)} in all)' if len(items) > 8 else '')
+            shown = ', '.join(items[:8]) + (f', ... ({len(items)} in all)'
+                                            if len(items) > 8 else '')
             problems.append(f'{title}: {shown}')
     if problems:
         raise UserError(f'weights {path} do not fit the model; ' + '; '.join(problems))
@@ -135,7 +137,8 @@ def _unbias_running_variance(layer, inputs, output):
 
 def load_pretrained_model(model: nn.Layer, pretrain_path: Path, model_name: str,
                           n_finetune_classes: int) -> nn.Layer:
-    """Load weights made for the model as built, then give it a new classifier of n_finetune_classes."""
+    """Load weights made for the model as built,
+    then give it a new classifier of n_finetune_classes."""
     path = resolve_weights_path(pretrain_path)
     state = load_state_dict(path)
     head = classifier_name(model_name)

@@ -193,7 +193,8 @@ def parse_opts(argv=None) -> argparse.Namespace:
 
 
 def resolve_model_input(opt) -> None:
-    """Set `arch`, `n_input_channels` (flow: 2) and the normalisation `mean`/`std` of the options."""
+    """Set `arch`, `n_input_channels` (flow: 2)
+    and the normalisation `mean`/`std` of the options."""
     opt.arch = f'{opt.model}-{opt.model_depth}'
     opt.n_input_channels = 2 if opt.input_type == 'flow' else 3
     mean, std = get_mean_std(opt.value_scale, dataset=opt.mean_dataset)

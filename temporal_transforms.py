@@ -1,8 +1,9 @@
 """Temporal transforms: lists of 1-based frame indices in, a list (one clip) or a list of clips out.
 
-They reproduce the reference's choices exactly (same output for the same input and the same state of Python's
-`random`), quirks included, with two fixes: no transform modifies the list it is given, and TemporalEvenCrop
-works with `n_samples=1`. An empty input gives an empty output instead of an exception.
+They reproduce the reference's choices exactly (same output for the same input and the same state of
+Python's `random`), quirks included, with two fixes: no transform modifies the list it is given, and
+TemporalEvenCrop works with `n_samples=1`. An empty input gives an empty output instead of an
+exception.
 """
 from __future__ import annotations
 
@@ -13,18 +14,22 @@ Clip = list[int]
 
 
 def loop_pad(frame_indices: Clip, size: int) -> Clip:
-    """Repeat `frame_indices` cyclically until it holds `size` indices; longer (or empty) lists come back as copies."""
+    """Repeat `frame_indices` cyclically until it holds `size` indices; longer (or empty) lists come
+    back as copies."""
     n = len(frame_indices)
     if n == 0 or n >= size:
         return list(frame_indices)
     return [frame_indices[i % n] for i in range(size)]
 
 
-def _windows(frame_indices: Clip, size: int, stride: int, max_clips: int | None = None) -> list[Clip]:
-    """Clips of `size` consecutive frame numbers starting at every `stride`-th entry of `frame_indices`.
+def _windows(frame_indices: Clip, size: int, stride: int,
+             max_clips: int | None = None) -> list[Clip]:
+    """Clips of `size` consecutive frame numbers starting at every `stride`-th entry of
+    `frame_indices`.
 
-    As in the reference, a clip is `range(begin, begin + size)` built from the start value, not a slice of the list,
-    and it is cut at the last frame; the first clip that comes out short is loop-padded and ends the list.
+    As in the reference, a clip is `range(begin, begin + size)` built from the start value, not a
+    slice of the list, and it is cut at the last frame; the first clip that comes out short is
+    loop-padded and ends the list.
     """
     last = frame_indices[-1] if frame_indices else 0
     clips = []
@@ -40,7 +45,8 @@ def _windows(frame_indices: Clip, size: int, stride: int, max_clips: int | None 
 
 
 class Compose:
-    """Apply transforms in order; once one returns a list of clips, apply the remaining ones to each clip."""
+    """Apply transforms in order; once one returns a list of clips, apply the remaining ones to each
+    clip."""
 
     def __init__(self, transforms: list):
         self.transforms = transforms
@@ -58,7 +64,8 @@ class Compose:
 
 
 class LoopPadding:
-    """Pad a clip shorter than `size` by cycling through it: [1, 2, 3] -> [1, 2, 3, 1, 2] for size 5."""
+    """Pad a clip shorter than `size` by cycling through it:
+    [1, 2, 3] -> [1, 2, 3, 1, 2] for size 5."""
 
     def __init__(self, size: int):
         self.size = size
@@ -84,7 +91,8 @@ class TemporalBeginCrop:
 
 
 class TemporalCenterCrop:
-    """`size` frames starting `size // 2` before the middle entry (`len // 2`), loop-padded if short."""
+    """`size` frames starting `size // 2` before the middle entry (`len // 2`), loop-padded if
+    short."""
 
     def __init__(self, size: int):
         self.size = size
@@ -100,9 +108,9 @@ class TemporalCenterCrop:
 class TemporalRandomCrop:
     """`size` frames from a random start, loop-padded if the video is shorter.
 
-    The start is `random.randint(0, max(0, n - size - 1))`, as in the reference: the last possible window
-    (start `n - size`) is never drawn. One draw is made even when there is no choice, so the `random` state
-    advances exactly as the reference's does.
+    The start is `random.randint(0, max(0, n - size - 1))`, as in the reference: the last possible
+    window (start `n - size`) is never drawn. One draw is made even when there is no choice, so the
+    `random` state advances exactly as the reference's does.
     """
 
     def __init__(self, size: int):
@@ -120,11 +128,12 @@ class TemporalRandomCrop:
 class TemporalEvenCrop:
     """Up to `n_samples` clips of `size` frames with starts spread evenly over the video.
 
-    The starts are every `stride`-th entry, `stride = max(1, ceil((n - 1 - size) / (n_samples - 1)))`, and each clip
-    is `range(start, start + size)` cut at the last frame (see `_windows`); a short clip is loop-padded and is the
-    last one, so short videos give fewer than `n_samples` clips. With `n_samples=1` (where the reference divides by
-    zero) the result is the one clip starting at the first frame: the first start is always the first frame, and
-    it is the only clip taken whatever the stride.
+    The starts are every `stride`-th entry,
+    `stride = max(1, ceil((n - 1 - size) / (n_samples - 1)))`, and each clip is
+    `range(start, start + size)` cut at the last frame (see `_windows`); a short clip is loop-padded
+    and is the last one, so short videos give fewer than `n_samples` clips. With `n_samples=1`
+    (where the reference divides by zero) the result is the one clip starting at the first frame:
+    the first start is always the first frame, and it is the only clip taken whatever the stride.
     """
 
     def __init__(self, size: int, n_samples: int = 1):
@@ -144,10 +153,11 @@ class TemporalEvenCrop:
 
 
 class SlidingWindow:
-    """Clips of `size` frames starting at every `stride`-th entry (stride 0 means `size`), until the video ends.
+    """Clips of `size` frames starting at every `stride`-th entry (stride 0 means `size`), until the
+    video ends.
 
-    Each clip is `range(start, start + size)` cut at the last frame; the first short clip is loop-padded and is the
-    last one (see `_windows`).
+    Each clip is `range(start, start + size)` cut at the last frame; the first short clip is
+    loop-padded and is the last one (see `_windows`).
     """
 
     def __init__(self, size: int, stride: int = 0):
@@ -179,7 +189,8 @@ class TemporalSubsampling:
 
 
 class Shuffle:
-    """Cut the clip into blocks of `block_size` frames (the last may be shorter) and shuffle the blocks."""
+    """Cut the clip into blocks of `block_size` frames (the last may be shorter) and shuffle the
+    blocks."""
 
     def __init__(self, block_size: int):
         if block_size < 1:
@@ -187,7 +198,8 @@ class Shuffle:
         self.block_size = block_size
 
     def __call__(self, frame_indices: Clip) -> Clip:
-        blocks = [frame_indices[i:i + self.block_size] for i in range(0, len(frame_indices), self.block_size)]
+        blocks = [frame_indices[i:i + self.block_size]
+                  for i in range(0, len(frame_indices), self.block_size)]
         random.shuffle(blocks)
         return [index for block in blocks for index in block]
 

@@ -4,7 +4,6 @@ import time
 from typing import NamedTuple, Optional
 
 import paddle
-import paddle.nn.functional as F
 from tqdm import tqdm
 
 from distributed import all_sum

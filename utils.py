@@ -14,7 +14,8 @@ import numpy as np
 
 
 class UserError(Exception):
-    """A mistake in the user's input (a path, an option, a file): shown as one line, no traceback."""
+    """A mistake in the user's input (a path, an option, a file):
+    shown as one line, no traceback."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -226,7 +227,8 @@ def exit_quietly(signum, frame) -> None:
 
 
 class WorkerSeeder:
-    """`worker_init_fn` for `paddle.io.DataLoader`: distinct Python/NumPy seeds per worker and epoch.
+    """`worker_init_fn` for `paddle.io.DataLoader`:
+    distinct Python/NumPy seeds per worker and epoch.
 
     Workers are forked when an epoch's iteration starts, so they see the `seed` set just before.
     Ctrl-C sends SIGINT to every process of the group: workers ignore it, and the main process

@@ -18,7 +18,8 @@ def get_inplanes():
 
 
 def kaiming_normal_fan_out(out_channels: int, kernel_size) -> paddle.ParamAttr:
-    """He-normal init over fan-out, as `nn.init.kaiming_normal_(mode='fan_out')` in the reference."""
+    """He-normal init over fan-out,
+    as `nn.init.kaiming_normal_(mode='fan_out')` in the reference."""
     fan_out = out_channels * math.prod(kernel_size)
     return paddle.ParamAttr(initializer=nn.initializer.KaimingNormal(fan_in=fan_out))
 
@@ -147,7 +148,8 @@ class ResNet(nn.Layer):
         self.fc = linear(block_inplanes[3] * block.expansion, n_classes)
 
     def _make_stem(self, n_input_channels: int, conv1_t_size: int, conv1_t_stride: int):
-        """conv1 (t x 7 x 7, stride (t_stride, 2, 2)) and bn1; registered first, as in the reference."""
+        """conv1 (t x 7 x 7, stride (t_stride, 2, 2)) and bn1;
+        registered first, as in the reference."""
         self.conv1 = conv3d(n_input_channels, self.in_planes, (conv1_t_size, 7, 7),
                             stride=(conv1_t_stride, 2, 2), padding=(conv1_t_size // 2, 3, 3))
         self.bn1 = batch_norm(self.in_planes)

@@ -242,9 +242,11 @@ def test_interrupted_launch_leaves_a_resume_hint_and_no_traceback(data, tmp_path
 
 
 def test_lost_peers_are_told_from_other_errors():
-    assert distributed.is_lost_peer(RuntimeError('[/paddle/third_party/gloo/gloo/transport/tcp/pair.cc'
-                                          ':584] TIMEOUT self_rank = 1 pair_rank = 0'))
-    assert distributed.is_lost_peer(RuntimeError('NCCL error in: all_reduce, remote process exited'))
+    assert distributed.is_lost_peer(
+        RuntimeError('[/paddle/third_party/gloo/gloo/transport/tcp/pair.cc'
+                     ':584] TIMEOUT self_rank = 1 pair_rank = 0'))
+    assert distributed.is_lost_peer(
+        RuntimeError('NCCL error in: all_reduce, remote process exited'))
     assert not distributed.is_lost_peer(RuntimeError('shape mismatch: [8, 3] vs [8, 4]'))
     assert not distributed.is_lost_peer(ValueError('gloo'))
 
@@ -295,8 +297,9 @@ def test_launched_processes_check_their_options(tmp_path, args, environ, message
 
 def test_launched_process_takes_its_rank_and_the_process_count(tmp_path):
     opt = opt_for(tmp_path, '--distributed')
-    distributed.resolve_distributed(opt, [], 'cpu', {'PADDLE_TRAINER_ID': '3', 'PADDLE_TRAINERS_NUM': '4',
-                                              'PADDLE_NNODES': '2'})
+    distributed.resolve_distributed(opt, [], 'cpu', {'PADDLE_TRAINER_ID': '3',
+                                                     'PADDLE_TRAINERS_NUM': '4',
+                                                     'PADDLE_NNODES': '2'})
     assert (opt.dist_rank, opt.world_size, opt.is_master_node) == (3, 4, False)
     assert launched_world({}) is None
 

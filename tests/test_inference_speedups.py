@@ -36,7 +36,8 @@ def test_predictor_matches_dygraph(model):
     predictor = inference.OneDNNPredictor(model, n_input_channels=3)
     dygraph = inference.dygraph_logits(model)
     rng = np.random.default_rng(1)
-    # a batch of center crops, then one uncropped clip of another frame size (--inference_crop nocrop)
+    # a batch of center crops, then one uncropped clip of another frame size
+    # (--inference_crop nocrop)
     for shape in ([3, 3, 8, 32, 32], [1, 3, 8, 32, 44], [3, 3, 8, 32, 32]):
         clips = rng.normal(size=shape).astype('float32')
         expected = dygraph(clips)
@@ -48,9 +49,10 @@ def test_batch_norm_folding_keeps_logits(model):
     clips = np.random.default_rng(3).normal(size=[2, 3, 8, 32, 32]).astype('float32')
     folded = inference.fold_batch_norm(model, clips)
     assert folded is not model
-    bns = [l for l in folded.sublayers() if isinstance(l, paddle.nn.BatchNorm3D)]
+    bns = [layer for layer in folded.sublayers() if isinstance(layer, paddle.nn.BatchNorm3D)]
     assert bns == []  # every BN of the ResNet follows a convolution
-    assert all(l.bias is None for l in model.sublayers() if isinstance(l, paddle.nn.Conv3D))
+    assert all(layer.bias is None for layer in model.sublayers()
+               if isinstance(layer, paddle.nn.Conv3D))
     predictor = inference.OneDNNPredictor(model, 3, sample_clips=clips)
     expected = inference.dygraph_logits(model)(clips)
     assert relative_error(inference.dygraph_logits(folded)(clips), expected) < 1e-5

@@ -55,7 +55,8 @@ def test_deterministic_given_seed(tmp_path):
     first = plan_clips(tmp_path, 2, 2, seed=3, frame_range=(10, 20))
     again = plan_clips(tmp_path, 2, 2, seed=3, frame_range=(10, 20))
     other = plan_clips(tmp_path, 2, 2, seed=4, frame_range=(10, 20))
-    assert [c['path'].name for c in first][:2] == ['v_DriftUp_g01_c01.avi', 'v_DriftDown_g01_c01.avi']
+    assert [c['path'].name for c in first][:2] == ['v_DriftUp_g01_c01.avi',
+                                                   'v_DriftDown_g01_c01.avi']
     for a, b in zip(first, again):
         assert np.array_equal(a['offsets'], b['offsets'])
         assert np.array_equal(a['appearance']['profile'], b['appearance']['profile'])

@@ -1,4 +1,5 @@
-"""model.py: generate_model, pretrained weights (both formats, error cases), fine-tuning selection."""
+"""model.py: generate_model, pretrained weights (both formats, error cases),
+fine-tuning selection."""
 import pickle
 from argparse import Namespace
 

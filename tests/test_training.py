@@ -1,4 +1,5 @@
-"""training.py and validation.py: the loss, mixed precision's choices, batched reads, video accuracy."""
+"""training.py and validation.py: the loss, mixed precision's choices, batched reads,
+video accuracy."""
 import importlib
 import time
 

@@ -166,7 +166,8 @@ def _count_video_frames(path: Path) -> Union[int, str]:
         return str(e)
 
 
-def count_video_frames(paths: List[Path], n_jobs: Optional[int] = None) -> Dict[Path, Union[int, str]]:
+def count_video_frames(paths: List[Path],
+                       n_jobs: Optional[int] = None) -> Dict[Path, Union[int, str]]:
     """{video file: the number of frames it decodes to (what generate_video_jpgs writes), or why
     it does not decode}, decoded on `n_jobs` processes (default: one per CPU core), with a
     progress bar."""
