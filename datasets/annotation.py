@@ -162,6 +162,38 @@ class VideoRecords(Sequence):
                 'label': self.label(i)}
 
 
+class RecordsBuilder:
+    """VideoRecords made one row at a time, each with a path of its own (ActivityNet's
+    samples: one per annotated segment, several of them sharing a video)."""
+
+    def __init__(self):
+        self._ids, self._id_ends = bytearray(), array('q')
+        self._labels, self._starts, self._ends = array('i'), array('i'), array('i')
+        self._paths: Dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def append(self, video_id: str, label: int, start: int, end: int, path: Path) -> None:
+        """A sample of frames [start, end) of the video at `path` (label -1: none)."""
+        self._paths[len(self._labels)] = os.fspath(path)
+        self._ids.extend(video_id.encode('utf-8'))
+        self._id_ends.append(len(self._ids))
+        self._labels.append(label)
+        self._starts.append(start)
+        self._ends.append(end)
+
+    def build(self, root_path: Path, formatter, class_names: List[str]) -> VideoRecords:
+        def column(values, dtype):
+            return np.frombuffer(values, dtype=dtype).copy() if len(values) else \
+                np.zeros(0, dtype)
+        n = len(self._labels)
+        return VideoRecords(root_path, formatter, class_names, bytes(self._ids),
+                            column(self._id_ends, np.int64), column(self._labels, np.int32),
+                            column(self._starts, np.int32), column(self._ends, np.int32),
+                            np.full(n, -1, np.int8), dict(self._paths))
+
+
 class _Listings:
     """The videos present in each label folder, from one directory listing per folder:
     {video_id: variant} from a layout with `scan`, else paths answered by listing their
@@ -193,10 +225,13 @@ class _Listings:
         return path.name in self._names[folder]
 
 
-def read_json_database(annotation_path: Path, on_entry: Callable[[str, object], None]) -> dict:
+def read_json_database(annotation_path: Path, on_entry: Callable[[str, object], None],
+                       required: Sequence[str] = ('labels', 'database')) -> dict:
     """Call `on_entry(video_id, entry)` for each member of the json's "database" object, in
     order, decoding one at a time; returns the other top-level members (and "database": True).
-    Errors name the file: missing, not json, no "labels" and "database"."""
+    Errors name the file: missing, not json, without the top-level members `required`."""
+    lacking = UserError(f'annotation file {annotation_path} has no '
+                        + ' and '.join(f'"{key}"' for key in required))
     try:
         f = Path(annotation_path).open(encoding='utf-8')
     except FileNotFoundError as e:
@@ -206,8 +241,7 @@ def read_json_database(annotation_path: Path, on_entry: Callable[[str, object], 
         stream = JsonStream(f, annotation_path)
         try:
             if stream.peek() != '{':
-                raise UserError(f'annotation file {annotation_path} has no "labels" and '
-                                '"database"')
+                raise lacking
             for key in stream.members():
                 if key == 'database':
                     if stream.peek() != '{':
@@ -221,8 +255,8 @@ def read_json_database(annotation_path: Path, on_entry: Callable[[str, object], 
                 raise stream.error('extra data after the json object')
         except UnicodeDecodeError as e:
             raise UserError(f'annotation file {annotation_path} is not utf-8 text: {e}') from e
-    if 'labels' not in top or 'database' not in top:
-        raise UserError(f'annotation file {annotation_path} has no "labels" and "database"')
+    if not all(key in top for key in required):
+        raise lacking
     return top
 
 
@@ -258,8 +292,9 @@ def read_video_records(annotation_path: Path, subset: str, root_path: Path, form
         annotation = value.get('annotations', {})
         if isinstance(annotation, list):
             raise bad(video_id, 'has a list of "annotations" (ActivityNet\'s untrimmed format, '
-                                'segments in seconds), which the datasets do not read: they '
-                                'need one "label" and a frame "segment" per video')
+                                'segments in seconds), which only --dataset activitynet reads; '
+                                'the other datasets need one "label" and a frame "segment" '
+                                'per video')
         if not isinstance(annotation, dict):
             raise bad(video_id, 'has "annotations" that are not a json object')
         label = annotation.get('label')
