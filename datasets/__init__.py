@@ -2,14 +2,17 @@
 
 `dataset_name` (`--dataset`) must be one of DATASETS; with `--file_type video` it says which
 extension a video file has first (ucf101, hmdb51: .avi; kinetics, mit, activitynet: .mp4; the
-others are looked for too). Every dataset reads the same annotation format: one "label" and a
-frame "segment" per video (ActivityNet's untrimmed json, segments in seconds, is refused with a
-message saying so).
+others are looked for too). kinetics, ucf101, hmdb51 and mit read the same annotation format: one
+"label" and a frame "segment" per video, `VIDEO_PATH/<label>/<video_id>`. activitynet reads
+ActivityNet's own json (a taxonomy, segments in seconds, the videos' fps) and videos
+`VIDEO_PATH/v_<video_id>` (datasets/activitynet.py): a sample per annotated segment in training
+and validation, a sample per whole video in inference (the reference's untrimmed setting).
 """
 from pathlib import Path
 from typing import Optional
 
 from utils import UserError
+from .activitynet import ActivityNet, ActivityNetMultiClips
 from .layout import FileLayout, FrameFolderLayout, VideoFileLayout
 from .video_reader import VIDEO_EXTENSIONS
 from .loader import (VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5, VideoLoaderPyAV,
@@ -64,8 +67,9 @@ def _dataset(cls, video_path: Path, annotation_path: Path, dataset_name: str, su
 def get_training_data(video_path, annotation_path, dataset_name, input_type, file_type,
                       spatial_transform=None, temporal_transform=None,
                       strict_data: bool = False) -> VideoDataset:
-    """One random clip per training video and its label."""
-    return _dataset(VideoDataset, video_path, annotation_path, dataset_name, 'training',
+    """One random clip per training video (activitynet: per annotated segment) and its label."""
+    cls = ActivityNet if dataset_name == 'activitynet' else VideoDataset
+    return _dataset(cls, video_path, annotation_path, dataset_name, 'training',
                     input_type, file_type, spatial_transform, temporal_transform,
                     strict_data=strict_data)
 
@@ -73,8 +77,10 @@ def get_training_data(video_path, annotation_path, dataset_name, input_type, fil
 def get_validation_data(video_path, annotation_path, dataset_name, input_type, file_type,
                         spatial_transform=None, temporal_transform=None,
                         strict_data: bool = False):
-    """Several clips per validation video, each with the video's label; and their collate_fn."""
-    data = _dataset(VideoDatasetMultiClips, video_path, annotation_path, dataset_name,
+    """Several clips per validation video (activitynet: per annotated segment), each with its
+    label; and their collate_fn."""
+    cls = ActivityNetMultiClips if dataset_name == 'activitynet' else VideoDatasetMultiClips
+    data = _dataset(cls, video_path, annotation_path, dataset_name,
                     'validation', input_type, file_type, spatial_transform, temporal_transform,
                     strict_data=strict_data)
     return data, collate_fn
@@ -83,9 +89,17 @@ def get_validation_data(video_path, annotation_path, dataset_name, input_type, f
 def get_inference_data(video_path, annotation_path, dataset_name, input_type, file_type,
                        inference_subset, spatial_transform=None, temporal_transform=None,
                        strict_data: bool = False):
-    """All sliding-window clips of each video of `inference_subset`, targeted (video_id, segment)."""
-    data = _dataset(VideoDatasetMultiClips, video_path, annotation_path, dataset_name,
+    """All sliding-window clips of each video of `inference_subset` (activitynet: of all its
+    frames, the untrimmed setting), targeted (video_id, segment)."""
+    if inference_subset not in INFERENCE_SUBSETS:
+        raise UserError(f'unknown --inference_subset {inference_subset!r}: one of '
+                        f'{", ".join(INFERENCE_SUBSETS)}')
+    kwargs = {}
+    cls = VideoDatasetMultiClips
+    if dataset_name == 'activitynet':
+        cls, kwargs = ActivityNetMultiClips, {'is_untrimmed_setting': True}
+    data = _dataset(cls, video_path, annotation_path, dataset_name,
                     INFERENCE_SUBSETS[inference_subset], input_type, file_type,
                     spatial_transform, temporal_transform, target_type=['video_id', 'segment'],
-                    strict_data=strict_data)
+                    strict_data=strict_data, **kwargs)
     return data, collate_fn
