@@ -303,12 +303,19 @@ class _Pass(NamedTuple):
     scratchpad_bytes: int
 
 
+def _bfloat16_weights_pass(key: _PlanKey) -> bool:
+    """Whether the backward-weights pass of plan `key` reads bfloat16 (see `_Plan`)."""
+    return key.dtype == 'bfloat16' and all(
+        size >= kernel for size, kernel in zip(key.x_shape[2:], key.w_shape[2:]))
+
+
 class _Plan:
     """The forward, backward-data and backward-weights primitives of one convolution shape.
 
     Its methods take the addresses of plain float32 data and write plain float32 results. The
     primitives read src, weights and diff_dst in `key.dtype` (the reorders convert them) and
-    write float32 dst, diff_src and diff_weights.
+    write float32 dst, diff_src and diff_weights; in bfloat16, the backward-weights pass of a
+    kernel deeper, taller or wider than its input reads float32 (`_bfloat16_weights_pass`).
     """
 
     def __init__(self, library: _Library, key: _PlanKey):
@@ -334,9 +341,13 @@ class _Plan:
         library.call('dnnl_convolution_backward_data_primitive_desc_create',
                      ctypes.byref(data_pd), library.engine, dnnl_convolution_direct,
                      x32, w, y, *geometry, forward_pd, library.attr)
+        # oneDNN 3.6's bfloat16 backward-weights kernel (jit avx512_core_bf16) returns garbage
+        # when the kernel is deeper than the input it slides over (e.g. R3D's layer4 at 16
+        # frames: depth 2, kernel 3): such a convolution computes its weight gradient in float32
+        weights_src, weights_dy = (x, y) if _bfloat16_weights_pass(key) else (x32, y32)
         library.call('dnnl_convolution_backward_weights_primitive_desc_create',
                      ctypes.byref(weights_pd), library.engine, dnnl_convolution_direct,
-                     x, w32, None, y, *geometry, forward_pd, library.attr)
+                     weights_src, w32, None, weights_dy, *geometry, forward_pd, library.attr)
         shapes = {'src': self.x_shape, 'diff_src': self.x_shape, 'weights': self.w_shape,
                   'diff_weights': self.w_shape, 'dst': self.y_shape, 'diff_dst': self.y_shape}
         for name, pd, args in (('forward', forward_pd, ('src', 'weights', 'dst')),

@@ -11,6 +11,7 @@ import pytest
 
 import main
 from conftest import ROOT
+from models import onednn
 from opts import get_parser
 
 TINY = ['--dataset', 'ucf101', '--n_classes', '2', '--model_depth', '10', '--sample_size', '32',
@@ -92,6 +93,26 @@ def test_resume_reproduces_the_uninterrupted_run(motion_data, tmp_path):
     b = paddle.load(str(resumed / 'save_3.pdparams'))
     for key in a:
         np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_on_cpu_learns_the_motion_and_resumes_to_the_same_run(motion_data, tmp_path):
+    if not onednn.bfloat16_supported():
+        pytest.skip('this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16)')
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    run(motion_data, full, '--n_epochs', '6', '--checkpoint', '3', '--n_threads', '0',
+        '--amp', 'bfloat16', '--inference', '--inference_stride', '8')
+    accuracy = [float(r['acc']) for r in read_log(full / 'val.log')]
+    assert max(accuracy[-3:]) >= 0.8  # as in float32 (chance is 0.5)
+    assert top1(full / 'val.json') >= 0.8
+    resumed.mkdir()
+    for name in ('save_3.pdparams', 'save_3.pdopt', 'train.log', 'train_batch.log', 'val.log'):
+        shutil.copy(full / name, resumed / name)
+    run(motion_data, resumed, '--n_epochs', '6', '--checkpoint', '3', '--n_threads', '0',
+        '--amp', 'bfloat16', '--resume_path', str(resumed))
+    for log in ('train_batch.log', 'val.log'):
+        a, b = read_log(full / log), read_log(resumed / log)
+        np.testing.assert_allclose([float(r['loss']) for r in b], [float(r['loss']) for r in a],
+                                   rtol=1e-5)
 
 
 def test_fine_tuning_from_pretrained_weights_updates_only_fc(trained, motion_data, tmp_path):
