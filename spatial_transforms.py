@@ -340,10 +340,15 @@ class RandomResizedCrop:
         self.randomize_parameters()
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        if self.box is None:
-            self.box = random_resized_crop_box(*img.size, self.scale, self.ratio)
         h, w = _pair(self.size)
-        return crop(img, *self.box).resize((w, h), self.interpolation)
+        return crop(img, *self.get_box(*img.size)).resize((w, h), self.interpolation)
+
+    def get_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """This clip's (top, left, height, width), drawn for a frame of this size if not yet drawn (the fast
+        path of datasets.clip_pipeline draws it from a JPEG header with the same draws)."""
+        if self.box is None:
+            self.box = random_resized_crop_box(width, height, self.scale, self.ratio)
+        return self.box
 
     def randomize_parameters(self) -> None:
         self.box = None  # (top, left, height, width), drawn lazily from the next frame's size

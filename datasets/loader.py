@@ -4,6 +4,11 @@ or a video file.
 Every loader returns one image per requested index or raises `FrameError` for the first frame
 that is missing or cannot be decoded; the dataset decides what to do about it. Frame indices
 are the annotation's: 1-based, frame k being `image_0000k.jpg` of generate_video_jpgs.
+
+The RGB loaders also take `decode=`, a callable `(data, name) -> frame` that replaces their own
+decoding (datasets.clip_pipeline's per-clip decoder): it gets the encoded bytes of a frame file
+or hdf5 entry, or the RGB array [H, W, 3] uint8 of a video frame, and raises FrameError for a
+frame that does not decode. `takes_decode` says whether a loader accepts it.
 """
 import io
 import os
@@ -11,6 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from utils import UserError
@@ -35,6 +41,14 @@ def decode_image(data, mode: str, name) -> Image.Image:
         raise FrameError(f'cannot read frame {name}: {e}') from e
 
 
+def read_frame_file(path: Path) -> bytes:
+    """The bytes of a frame file; FrameError when it is missing."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise FrameError(f'frame {path} is missing') from e
+
+
 class ImageLoaderPIL:
     """Open one image file as RGB."""
 
@@ -55,9 +69,17 @@ class VideoLoader:
         self.image_name_formatter = image_name_formatter
         self.image_loader = image_loader or ImageLoaderPIL()
 
-    def __call__(self, video_path: Path, frame_indices: Sequence[int]) -> List[Image.Image]:
-        return [self.image_loader(video_path / self.image_name_formatter(i))
-                for i in frame_indices]
+    @property
+    def takes_decode(self) -> bool:
+        """Only with the default image loader: a custom one may read its files its own way."""
+        return type(self.image_loader) is ImageLoaderPIL
+
+    def __call__(self, video_path: Path, frame_indices: Sequence[int],
+                 decode: Optional[Callable] = None) -> list:
+        paths = [video_path / self.image_name_formatter(i) for i in frame_indices]
+        if decode is None:
+            return [self.image_loader(path) for path in paths]
+        return [decode(read_frame_file(path), path) for path in paths]
 
 
 def open_hdf5(video_path: Path):
@@ -73,13 +95,16 @@ def open_hdf5(video_path: Path):
         raise FrameError(f'cannot read video {video_path}: {e}') from e
 
 
-def hdf5_frame(frames, k: int, mode: str, video_path: Path) -> Image.Image:
+def hdf5_frame(frames, k: int, mode: str, video_path: Path,
+               decode: Optional[Callable] = None) -> Image.Image:
     """Frame `k` (1-based, the annotation's numbering) of an hdf5 dataset of encoded images,
     which holds frame k at index k-1 (the reference reads index k: one frame late, and its last
-    frame out of range)."""
+    frame out of range); `decode(bytes, name)` instead of Pillow's decoding when given."""
     name = f'{k} of {video_path}'
     if not 1 <= k <= len(frames):
         raise FrameError(f'frame {name} is missing: the file has {len(frames)} frames')
+    if decode is not None:
+        return decode(np.asarray(frames[k - 1]).tobytes(), name)
     return decode_image(io.BytesIO(frames[k - 1]), mode, name)
 
 
@@ -87,9 +112,12 @@ class VideoLoaderHDF5:
     """Load frames from an hdf5 file holding encoded images in dataset `video` (frame k at
     index k-1, as generate_video_hdf5 writes them)."""
 
-    def __call__(self, video_path: Path, frame_indices: Sequence[int]) -> List[Image.Image]:
+    takes_decode = True
+
+    def __call__(self, video_path: Path, frame_indices: Sequence[int],
+                 decode: Optional[Callable] = None) -> list:
         with open_hdf5(video_path) as f:
-            return [hdf5_frame(f['video'], i, 'RGB', video_path) for i in frame_indices]
+            return [hdf5_frame(f['video'], i, 'RGB', video_path, decode) for i in frame_indices]
 
 
 class VideoLoaderFlowHDF5:
@@ -115,6 +143,8 @@ class VideoLoaderPyAV:
     processes forked from a parent with open videos start with an empty cache), so the next
     clip of the same video continues where the last one stopped.
     """
+
+    takes_decode = True
 
     def __init__(self, size: Optional[int] = 240, cache_size: int = 4):
         self.size = size
@@ -149,18 +179,32 @@ class VideoLoaderPyAV:
                 old.close()
         return reader
 
-    def load_each(self, video_path: Path,
-                  frame_indices: Sequence[int]) -> Dict[int, Union[Image.Image, FrameError]]:
-        """{index: image, or the FrameError of a frame that is missing or does not decode}."""
+    def load_each(self, video_path: Path, frame_indices: Sequence[int],
+                  decode: Optional[Callable] = None) -> Dict[int, Union[Image.Image, FrameError]]:
+        """{index: image (or `decode(RGB array, name)`), or the FrameError of a frame that is
+        missing or does not decode}, in the order of `frame_indices`."""
         reader = self._reader(video_path)
         if isinstance(reader, FrameError):
             return {i: reader for i in frame_indices}
-        return {i: (FrameError(f'frame {i} of {video_path} {why}') if isinstance(why, str)
-                    else why)
-                for i, why in reader.read(frame_indices).items()}
+        read = reader.read(frame_indices, as_array=decode is not None)
+        frames = {}
+        for i in frame_indices:
+            if i in frames:
+                continue
+            if isinstance(read[i], str):
+                frames[i] = FrameError(f'frame {i} of {video_path} {read[i]}')
+            elif decode is None:
+                frames[i] = read[i]
+            else:
+                try:
+                    frames[i] = decode(read[i], f'{i} of {video_path}')
+                except FrameError as e:
+                    frames[i] = e
+        return frames
 
-    def __call__(self, video_path: Path, frame_indices: Sequence[int]) -> List[Image.Image]:
-        frames = self.load_each(video_path, frame_indices)
+    def __call__(self, video_path: Path, frame_indices: Sequence[int],
+                 decode: Optional[Callable] = None) -> list:
+        frames = self.load_each(video_path, frame_indices, decode)
         for i in frame_indices:
             if isinstance(frames[i], FrameError):
                 raise frames[i]

@@ -9,6 +9,7 @@ import numpy as np
 
 from utils import UserError
 from .annotation import read_video_records
+from .clip_pipeline import ClipDecoder, DecodingLoader, fast_pipeline
 from .layout import FrameFolderLayout
 from .loader import FrameError, VideoLoader
 
@@ -127,7 +128,14 @@ class VideoDataset:
     fails), and a video without any readable frame gives its place to the next video; both are
     warned about once per video and counted in `bad_frames`. `strict_data=True` makes the first
     bad frame an error instead.
+
+    Clips of the transforms main.py builds for random-crop training and center-crop
+    validation and inference take the fast path of datasets.clip_pipeline (the same crops and
+    flips, the same pixels but where a JPEG is decoded at a reduced scale, within the tolerance
+    stated there); `fast_path = False` sends every frame through the transforms.
     """
+
+    fast_path = True
 
     def __init__(self, root_path: Path, annotation_path: Path, subset: str,
                  spatial_transform=None, temporal_transform=None, target_transform=None,
@@ -191,22 +199,29 @@ class VideoDataset:
     def load_clip(self, index: int, frame_indices: Sequence[int]) -> np.ndarray:
         """Load and transform the frames of one clip of video `index`: [C, T, H, W] with
         T = len(frame_indices)."""
+        pipeline = (fast_pipeline(self.spatial_transform, self.loader) if self.fast_path
+                    else None)
+        if pipeline is not None:
+            decoder = ClipDecoder(pipeline, self.spatial_transform)
+            return decoder.finish(self.read_frames(index, frame_indices, decoder))
         frames = self.read_frames(index, frame_indices)
         if self.spatial_transform is not None:
             self.spatial_transform.randomize_parameters()
             frames = [self.spatial_transform(img) for img in frames]
         return np.stack(frames, axis=1)
 
-    def read_frames(self, index: int, frame_indices: Sequence[int]) -> list:
-        """The frames of a clip; a missing or corrupt one is an error with `strict_data`, else it
-        is replaced by the nearest readable frame of the video."""
+    def read_frames(self, index: int, frame_indices: Sequence[int], decode=None) -> list:
+        """The frames of a clip (through `decode` when given: see datasets.loader); a missing or
+        corrupt one is an error with `strict_data`, else it is replaced by the nearest readable
+        frame of the video."""
         video_path = self.data.video_path(index)
+        loader = self.loader if decode is None else DecodingLoader(self.loader, decode)
         try:
-            return self.loader(video_path, frame_indices)
+            return loader(video_path, frame_indices)
         except FrameError:
             if self.strict_data:
                 raise
-        frames, errors = nearest_readable_frames(self.loader, video_path, frame_indices,
+        frames, errors = nearest_readable_frames(loader, video_path, frame_indices,
                                                  self.data.frame_indices(index))
         self.bad_frames.frames_replaced(index, self.data.video_id(index), errors)
         return frames

@@ -159,6 +159,21 @@ def test_random_resized_crop_same_box_for_a_clip_new_box_after_randomize():
     assert len(boxes) > 5
 
 
+def test_random_resized_crop_get_box_draws_once_from_the_size_it_is_given():
+    """The fast path draws the box from a JPEG header: the same draw as the first frame's."""
+    t = RandomResizedCrop(4, scale=(0.1, 0.6))
+    random.seed(5)
+    expected = st.random_resized_crop_box(80, 60, (0.1, 0.6), (3 / 4, 4 / 3))
+    random.seed(5)
+    assert t.get_box(80, 60) == expected
+    state = random.getstate()
+    assert t.get_box(8, 6) == expected and random.getstate() == state  # no new draw
+    top, left, h, w = expected
+    frame = image(80, 60)
+    crop = frame.crop((left, top, left + w, top + h)).resize((4, 4), Image.Resampling.BILINEAR)
+    assert np.array_equal(pixels(t(frame)), pixels(crop))
+
+
 def test_random_resized_crop_height_width_size():
     assert RandomResizedCrop((3, 5))(image(8, 6)).size == (5, 3)
 
