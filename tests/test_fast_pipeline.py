@@ -335,3 +335,15 @@ def test_video_files_give_the_plain_paths_clips(tmp_path):
     train, val = datasets_of(tmp_path / 'videos', annotation, 'video', size=48)
     assert_same_samples(train)
     assert_same_samples(val)
+
+
+def test_benchmark_measures_both_pipelines_over_a_data_set(tmp_path, capsys):
+    from util_scripts import benchmark
+    video_path, annotation = write_tree(tmp_path, textured_frames(8, 64, 48))
+    benchmark.main(['--jobs', 'data', '--quick', '--video_path', str(video_path),
+                    '--annotation_path', str(annotation)])
+    out = capsys.readouterr().out
+    assert 'error' not in out
+    for name in ('training: random resized crop + flip', 'validation: resize + center crop'):
+        cells = next(line for line in out.splitlines() if name in line).split('|')[2:-1]
+        assert all(float(c.strip().rstrip('x')) > 0 for c in cells if c.strip() != 'n/a')

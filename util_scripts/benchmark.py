@@ -2,7 +2,8 @@
 
     python -m util_scripts.benchmark [--model_depth 18 50] [--batch_size 8] [--sample_duration 16]
         [--sample_size 112] [--repeats 5] [--jobs train infer data loader_memory] [--threads N]
-        [--quick]
+        [--quick] [--video_path DIR --annotation_path A.json [--file_type jpg|hdf5|video]
+        [--dataset ucf101] [--data_videos 16]]
 
 Every measurement runs in a subprocess of its own, so that its peak RSS (getrusage) is its own;
 the subprocess sets the math threads, the MKL switch, huge pages and the mmap threshold for
@@ -14,15 +15,21 @@ it). Rows:
             multiply-adds of the convolutions and the classifier (x2), against the matmul peak:
             the faster of MKL's (Paddle's and PyTorch's `@`; on AMD, its AVX2 path) and
             oneDNN's (AVX-512 where the processor has it), 2048^3 float32
-    data    one training clip per process: 16 JPEG frames (320x240, written to a temporary
-            folder) -> random resized crop -> flip -> normalized array [C, T, H, W]
+    data    (a table of its own) clips/s in one process of the training and the validation
+            data sets main.py builds (main.get_train_utils / get_val_utils: --train_crop random
+            = random resized crop + flip; resize + center crop), with the fast path of
+            datasets.clip_pipeline and without it, against the reference's pipeline for the
+            same clips; the sides take turns, repeat by repeat. Frames: 320x240 JPEGs written
+            to a temporary folder, or the data set of --video_path / --annotation_path
+            (--file_type video: no reference, which reads frame folders and hdf5 only)
     loader_memory (only when asked for with --jobs) peak memory of each of 5 epochs of main.py's
             training loader with 4 worker processes over --loader_videos such clips, and its
             growth from epoch 2 to 5
 
 When PyTorch is importable, the same jobs run with a PyTorch 3D ResNet of the reference's layout
 (written below) and the reference's data pipeline (PIL decode + torchvision's PIL operations and
-tensor conversion, written below with torch ops), and `vs torch` is Paddle's clips/s over PyTorch's.
+tensor conversion, written below with torch ops on one thread, as in PyTorch's DataLoader
+workers), and `vs torch` is Paddle's clips/s over PyTorch's.
 `--quick` (tiny shapes, one repeat, one subprocess per framework) only checks that all paths run.
 """
 import argparse
@@ -273,7 +280,8 @@ def torch_matmul(case: dict) -> dict:
 
 
 def write_videos(folder: Path, n_videos: int, n_frames: int, size) -> Path:
-    """Frame folders of smooth moving colour gradients with mild noise, and their annotation json."""
+    """Frame folders of smooth moving colour gradients with mild noise, and their annotation json
+    (each video in the training subset, and again, by its `video_path`, in the validation one)."""
     from PIL import Image
     rng = np.random.default_rng(0)
     width, height = size
@@ -288,90 +296,162 @@ def write_videos(folder: Path, n_videos: int, n_frames: int, size) -> Path:
             img = np.stack(channels, axis=-1) + rng.normal(0, 6, (height, width, 3))
             Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(video / f'image_{t:05d}.jpg',
                                                                     quality=90)
-        database[f'v{v}'] = {'subset': 'training',
-                             'annotations': {'label': 'c', 'segment': [1, n_frames + 1]}}
+        annotations = {'label': 'c', 'segment': [1, n_frames + 1]}
+        database[f'v{v}'] = {'subset': 'training', 'annotations': annotations}
+        database[f'v{v}_val'] = {'subset': 'validation', 'annotations': annotations,
+                                 'video_path': str(video)}
     annotation = folder / 'data.json'
     annotation.write_text(json.dumps({'labels': ['c'], 'database': database}))
     return annotation
 
 
-def clip_reader(case: dict, fn: Callable[[int], object]) -> Callable[[], None]:
-    """A call that makes `case['clips_per_repeat']` clips, cycling over the videos."""
-    counter = [0]
-
-    def read():
-        for _ in range(case['clips_per_repeat']):
-            fn(counter[0] % case['n_videos'])
-            counter[0] += 1
-    return read
-
-
-def project_dataset(case: dict, folder: Path, annotation: Path):
-    """This project's training data set and pipeline, built by main.py's functions."""
-    from datasets import get_training_data
-    from opts import parse_opts
-    from spatial_transforms import (RandomHorizontalFlip, RandomResizedCrop, get_mean_std,
-                                    get_spatial_transform)
-    from temporal_transforms import TemporalRandomCrop, get_temporal_transform
-    opt = parse_opts(['--video_path', str(folder / 'jpg'), '--annotation_path', str(annotation),
-                      '--result_path', str(folder), '--sample_size', str(case['sample_size']),
+def data_options(case: dict, video_path, annotation_path, result_path):
+    """main.py's options for the data sets (opts.parse_opts + resolve_model_input, as get_opt)."""
+    from opts import parse_opts, resolve_model_input
+    opt = parse_opts(['--video_path', str(video_path), '--annotation_path', str(annotation_path),
+                      '--result_path', str(result_path), '--dataset', case['dataset'],
+                      '--file_type', case['file_type'], '--sample_size', str(case['sample_size']),
                       '--sample_duration', str(case['sample_duration'])])
-    opt.mean, opt.std = get_mean_std(opt.value_scale, dataset=opt.mean_dataset)
-    crop = [RandomResizedCrop(opt.sample_size, (opt.train_crop_min_scale, 1.0),
-                              (opt.train_crop_min_ratio, 1.0 / opt.train_crop_min_ratio))]
-    spatial = get_spatial_transform(opt, crop, [RandomHorizontalFlip()])
-    temporal = get_temporal_transform(opt, TemporalRandomCrop(opt.sample_duration))
-    return get_training_data(opt.video_path, opt.annotation_path, opt.dataset, 'rgb', 'jpg',
-                             spatial, temporal)
+    resolve_model_input(opt)
+    return opt
 
 
-def project_data(case: dict, folder: Path, annotation: Path) -> Callable[[], None]:
-    data = project_dataset(case, folder, annotation)
-    return clip_reader(case, lambda i: data[i])
+def project_dataset(opt, pipeline: str = 'train'):
+    """main.py's training or validation data set, built as main.get_train_utils and
+    main.get_val_utils build them."""
+    from datasets import get_training_data, get_validation_data
+    from spatial_transforms import get_train_spatial_transform, get_val_spatial_transform
+    from temporal_transforms import (TemporalCenterCrop, TemporalEvenCrop, TemporalRandomCrop,
+                                     get_temporal_transform)
+    if pipeline == 'train':
+        t_crop = TemporalRandomCrop if opt.train_t_crop == 'random' else TemporalCenterCrop
+        return get_training_data(opt.video_path, opt.annotation_path, opt.dataset,
+                                 opt.input_type, opt.file_type, get_train_spatial_transform(opt),
+                                 get_temporal_transform(opt, t_crop(opt.sample_duration)))
+    data, _ = get_validation_data(opt.video_path, opt.annotation_path, opt.dataset,
+                                  opt.input_type, opt.file_type, get_val_spatial_transform(opt),
+                                  get_temporal_transform(opt, TemporalEvenCrop(
+                                      opt.sample_duration, opt.n_val_samples)))
+    return data
 
 
-def reference_data(case: dict, folder: Path, annotation: Path) -> Callable[[], None]:
-    """The reference's pipeline: PIL decode of whole frames, then torchvision's PIL-backend crop,
-    resize and flip and its to_tensor / normalize, as torch operations."""
+def project_clips(data, fast_path: bool) -> Callable[[int], int]:
+    """Video i's sample from our data set (fast path on or off); returns its number of clips."""
+    def sample(i):
+        data.fast_path = fast_path
+        clips, _ = data[i]
+        return 1 if isinstance(clips, np.ndarray) else len(clips)
+    return sample
+
+
+def reference_clips(case: dict, opt, data, pipeline: str) -> Callable[[int], int]:
+    """The reference's loading and transforms of the clips `data` makes of video i (the same
+    frames; for the same state of Python's `random`, the same crops and flips); returns the
+    number of clips. As the reference runs them: its VideoLoader (a path.exists() and a PIL
+    decode + convert('RGB') per frame; hdf5: Image.open of the bytes, decoded by the first
+    transform), then per frame torchvision's PIL crop / resize / flip, to_tensor, ScaleValue
+    (in place) and F.normalize (a clone, mean and std made tensors per call), then
+    torch.stack(...).permute(1, 0, 2, 3)."""
     from PIL import Image
+    from spatial_transforms import _center_offset, random_resized_crop_box, resized_size
     torch = torch_setup(case)
-    from spatial_transforms import KINETICS_MEAN, KINETICS_STD, random_resized_crop_box
-    mean = torch.tensor(KINETICS_MEAN).view(3, 1, 1)
-    std = torch.tensor(KINETICS_STD).view(3, 1, 1)
-    size, duration = case['sample_size'], case['sample_duration']
+    torch.set_num_threads(1)  # as in the workers of PyTorch's DataLoader, which set it so
+    size, scale, mean, std = opt.sample_size, opt.value_scale, list(opt.mean), list(opt.std)
+    crop_scale = (opt.train_crop_min_scale, 1.0)
+    crop_ratio = (opt.train_crop_min_ratio, 1 / opt.train_crop_min_ratio)
 
-    def load(path):
-        with path.open('rb') as f, Image.open(f) as img:
-            return img.convert('RGB')
+    def load(video_path, indices):
+        if opt.file_type == 'hdf5':
+            import h5py
+            with h5py.File(video_path, 'r') as f:
+                video = f['video']
+                return [Image.open(io.BytesIO(video[i - 1])) for i in indices if i <= len(video)]
+        frames = []
+        for i in indices:
+            path = video_path / f'image_{i:05d}.jpg'
+            if path.exists():
+                with path.open('rb') as f, Image.open(f) as img:
+                    frames.append(img.convert('RGB'))
+        return frames
 
     def to_tensor(img):  # torchvision.transforms.functional.to_tensor
         arr = torch.from_numpy(np.array(img, np.uint8, copy=True))
-        return arr.view(img.size[1], img.size[0], 3).permute(2, 0, 1).contiguous().float().div(255)
+        arr = arr.view(img.size[1], img.size[0], len(img.getbands()))
+        return arr.permute((2, 0, 1)).contiguous().to(dtype=torch.get_default_dtype()).div(255)
 
-    def clip(i):
-        video = folder / 'jpg' / 'c' / f'v{i}'
-        n_frames = len(list(video.iterdir()))
-        begin = random.randint(0, max(0, n_frames - duration))
-        frames = [load(video / f'image_{t + 1:05d}.jpg') for t in range(begin, begin + duration)]
-        top, left, h, w = random_resized_crop_box(*frames[0].size, (0.25, 1.0), (0.75, 1 / 0.75))
-        flip = random.random() < 0.5
+    def normalize(tensor):  # torchvision.transforms.functional.normalize, inplace=False
+        tensor = tensor.clone()
+        m = torch.as_tensor(mean, dtype=tensor.dtype, device=tensor.device)
+        s = torch.as_tensor(std, dtype=tensor.dtype, device=tensor.device)
+        if (s == 0).any():
+            raise ValueError('std 0')
+        return tensor.sub_(m.view(-1, 1, 1)).div_(s.view(-1, 1, 1))
+
+    def clip(frames):
+        flip = pipeline == 'train' and not opt.no_hflip and random.random() < 0.5
+        box = None
         out = []
         for img in frames:
-            img = img.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
-            if flip:
-                img = img.transpose(Image.FLIP_LEFT_RIGHT)
-            out.append(to_tensor(img).sub_(mean).div_(std))
-        return torch.stack(out, 0).permute(1, 0, 2, 3)  # [C, T, H, W]
-    return clip_reader(case, clip)
+            if pipeline == 'train':
+                if box is None:
+                    box = random_resized_crop_box(*img.size, crop_scale, crop_ratio)
+                top, left, h, w = box
+                img = img.crop((left, top, left + w, top + h)).resize((size, size),
+                                                                     Image.BILINEAR)
+                if flip:
+                    img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            else:
+                img = img.resize(resized_size(*img.size, size), Image.BILINEAR)
+                left, top = _center_offset(img.size[0], size), _center_offset(img.size[1], size)
+                img = img.crop((left, top, left + size, top + size))
+            tensor = to_tensor(img)
+            tensor *= scale
+            out.append(normalize(tensor))
+        return torch.stack(out, 0).permute(1, 0, 2, 3)
+
+    def sample(i):
+        indices = data.temporal_transform(data.data[i]['frame_indices'])
+        clips = [indices] if pipeline == 'train' else indices
+        video_path = data.data.video_path(i)
+        return len([clip(load(video_path, c)) for c in clips])
+    return sample
 
 
-def data_pipeline(case: dict) -> dict:
+def data_pipelines(case: dict) -> dict:
+    """Clips/s of main.py's training and validation data sets, fast path on and off, and of the
+    reference's pipeline for the same clips: repeats interleaved in this one process, each
+    repeat of each side starting from the same random state."""
+    result, base_rss = {}, rss_mb()
     with tempfile.TemporaryDirectory() as folder:
-        annotation = write_videos(Path(folder), case['n_videos'], case['n_frames'], case['frame_size'])
-        make = project_data if case['impl'] == 'paddle' else reference_data
-        read = make(case, Path(folder), annotation)
-        result = time_calls(read, 1, case['repeats'])
-    return dict(result, clips_per_call=case['clips_per_repeat'])
+        if case['video_path'] is None:
+            annotation = write_videos(Path(folder), case['n_videos'], case['n_frames'],
+                                      case['frame_size'])
+            opt = data_options(case, Path(folder) / 'jpg', annotation, folder)
+        else:
+            opt = data_options(case, case['video_path'], case['annotation_path'], folder)
+        for pipeline in ('train', 'val'):
+            data = project_dataset(opt, pipeline)
+            videos = random.Random(0).sample(range(len(data)), min(len(data), case['n_videos']))
+            sides = {'ours': project_clips(data, True), 'plain': project_clips(data, False)}
+            if case['reference'] and opt.file_type != 'video':
+                sides['reference'] = reference_clips(case, opt, data, pipeline)
+            per_repeat = max(1, case['clips_per_repeat'] // (1 if pipeline == 'train'
+                                                             else opt.n_val_samples))
+            times = {name: [] for name in sides}
+            clips = {name: [] for name in sides}
+            for repeat in range(case['warmup'] + case['repeats']):
+                chosen = [videos[(repeat * per_repeat + j) % len(videos)]
+                          for j in range(per_repeat)]
+                for name, sample in sides.items():
+                    random.seed(repeat)
+                    start = time.perf_counter()
+                    n = sum(sample(i) for i in chosen)
+                    if repeat >= case['warmup']:
+                        times[name].append(time.perf_counter() - start)
+                        clips[name].append(n)
+            result[pipeline] = {name: [c / s for c, s in zip(clips[name], times[name])]
+                                for name in sides}
+    return dict(result, base_rss=base_rss)
 
 
 def process_tree_pss_mb(pid: int) -> float:
@@ -415,7 +495,8 @@ def loader_memory(case: dict) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         annotation = write_videos(Path(folder), case['n_videos'], case['n_frames'],
                                   case['frame_size'])
-        data = project_dataset(case, Path(folder), annotation)
+        data = project_dataset(data_options(dict(case, dataset='ucf101', file_type='jpg'),
+                                            Path(folder) / 'jpg', annotation, folder))
         opt = argparse.Namespace(n_threads=case['workers'], manual_seed=1, distributed=False)
         loader = make_data_loader(data, case['batch_size'], True, opt)
         result = {'main_rss': [], 'tree_pss': [], 'seconds': []}
@@ -433,9 +514,9 @@ def loader_memory(case: dict) -> dict:
 
 MEASURES = {
     ('paddle', 'train'): paddle_train, ('paddle', 'infer'): paddle_infer,
-    ('paddle', 'matmul'): paddle_matmul, ('paddle', 'data'): data_pipeline,
+    ('paddle', 'matmul'): paddle_matmul, ('paddle', 'data'): data_pipelines,
     ('torch', 'train'): torch_train, ('torch', 'infer'): torch_infer,
-    ('torch', 'matmul'): torch_matmul, ('torch', 'data'): data_pipeline,
+    ('torch', 'matmul'): torch_matmul,
     ('paddle', 'loader_memory'): loader_memory,
 }
 
@@ -505,11 +586,12 @@ def make_cases(args, with_torch: bool) -> List[dict]:
             if with_torch:
                 cases.append(dict(shape, job='infer', impl='torch', depth=depth, backend='eager'))
     if 'data' in args.jobs:
-        n_frames = max(args.sample_duration * 2, 8)
-        cases += [dict(shape, job='data', impl=impl, depth=None, n_videos=4, n_frames=n_frames,
-                       frame_size=args.frame_size, clips_per_repeat=args.clips_per_repeat,
-                       backend='project' if impl == 'paddle' else 'reference')
-                  for impl in impls]
+        cases.append(dict(shape, job='data', impl='paddle', depth=None, backend='pipelines',
+                          n_videos=4 if args.video_path is None else args.data_videos,
+                          n_frames=max(args.sample_duration * 2, 8), frame_size=args.frame_size,
+                          clips_per_repeat=args.clips_per_repeat, reference=with_torch,
+                          video_path=args.video_path, annotation_path=args.annotation_path,
+                          file_type=args.file_type, dataset=args.dataset))
     if 'infer' in args.jobs or 'train' in args.jobs:
         cases += [dict(shape, job='matmul', impl=impl, depth=None, matmul_size=args.matmul_size,
                        backend='')
@@ -553,7 +635,7 @@ def make_rows(cases: List[dict], results: List[dict]) -> List[dict]:
     torch_speed = {}
     rows = []
     for case, result in zip(cases, results):
-        if case['job'] in ('matmul', 'loader_memory'):
+        if case['job'] in ('matmul', 'loader_memory', 'data'):
             continue
         row = dict(job=case['job'], model=f'R3D-{case["depth"]}' if case['depth'] else '-',
                    impl=f'{case["impl"]} {case["backend"]}', error=result.get('error'),
@@ -574,11 +656,35 @@ def make_rows(cases: List[dict], results: List[dict]) -> List[dict]:
             if case['impl'] == 'torch':
                 torch_speed[case['job'], case['depth']] = row['speed']
         rows.append(row)
-    for row, case in zip(rows, [c for c in cases if c['job'] not in ('matmul', 'loader_memory')]):
+    for row, case in zip(rows, [c for c in cases
+                                if c['job'] not in ('matmul', 'loader_memory', 'data')]):
         reference = torch_speed.get((case['job'], case['depth']))
         if reference and row.get('speed') and case['impl'] == 'paddle':
             row['ratio'] = row['speed'] / reference
+    for case, result in zip(cases, results):
+        if case['job'] == 'data':
+            rows += data_rows(result)
     return rows, peak
+
+
+def data_rows(result: dict) -> List[dict]:
+    """The training pipeline's rows of the data job in the main table: ours and the
+    reference's (the data table has the rest)."""
+    base = dict(job='data', model='-', error=result.get('error'),
+                peak_rss=result.get('peak_rss'))
+    if 'peak_rss' in result and 'base_rss' in result:
+        base['step_rss'] = result['peak_rss'] - result['base_rss']
+    if base['error'] is not None:
+        return [dict(base, impl='paddle project')]
+    rows = []
+    for side, impl in (('ours', 'paddle project'), ('reference', 'torch reference')):
+        speeds = result['train'].get(side)
+        if speeds:
+            rows.append(dict(base, impl=impl, speed=statistics.median(speeds), low=min(speeds),
+                             high=max(speeds)))
+    if len(rows) == 2:
+        rows[0]['ratio'] = rows[0]['speed'] / rows[1]['speed']
+    return rows
 
 
 def format_table(rows: List[dict]) -> str:
@@ -624,6 +730,33 @@ def format_loader_memory(case: dict, result: dict) -> str:
     return markdown_table(header, lines)
 
 
+DATA_PIPELINES = {'train': 'training: random resized crop + flip',
+                  'val': 'validation: resize + center crop'}
+
+
+def format_data(case: dict, result: dict) -> str:
+    """Clips/s per process of our training and validation pipelines (fast path on and off)
+    and of the reference's, with the ratios."""
+    if case['video_path'] is None:
+        frames = '{}x{} jpg, the benchmark\'s frames'.format(*case['frame_size'])
+    else:
+        frames = f'{case["video_path"]} ({case["file_type"]})'
+    title = (f'data, clips/s per process ([3, {case["sample_duration"]}, {case["sample_size"]}, '
+             f'{case["sample_size"]}]; {frames})')
+    if 'error' in result:
+        return markdown_table([title], [['error: ' + result['error']]])
+    header = [title, 'reference', 'ours', 'vs reference', 'ours, fast path off', 'vs reference']
+    lines = []
+    for pipeline, name in DATA_PIPELINES.items():
+        speeds = {side: statistics.median(v) for side, v in result[pipeline].items()}
+        ref = speeds.get('reference')
+
+        def cell(side):
+            return [f'{speeds[side]:.1f}', f'{speeds[side] / ref:.2f}x' if ref else '']
+        lines.append([name, f'{ref:.1f}' if ref else 'n/a'] + cell('ours') + cell('plain'))
+    return markdown_table(header, lines)
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model_depth', nargs='+', type=int, default=[18, 50])
@@ -636,6 +769,14 @@ def get_parser() -> argparse.ArgumentParser:
                    default=['train', 'infer', 'data'],
                    help=f'loader_memory: peak memory of each of {LOADER_EPOCHS} epochs of the '
                         f'training loader with {LOADER_WORKERS} workers')
+    p.add_argument('--video_path',
+                   help='data job: clips of this data set instead of the benchmark\'s frames '
+                        '(with --annotation_path)')
+    p.add_argument('--annotation_path')
+    p.add_argument('--file_type', default='jpg', choices=['jpg', 'hdf5', 'video'])
+    p.add_argument('--dataset', default='ucf101', help='--dataset of main.py (video extensions)')
+    p.add_argument('--data_videos', type=int, default=16,
+                   help='data job over --video_path: videos drawn from each subset')
     p.add_argument('--loader_videos', type=int, default=128,
                    help='clips per epoch of the loader_memory job')
     p.add_argument('--threads', type=int, default=len(os.sched_getaffinity(0)),
@@ -657,8 +798,13 @@ def main(argv=None) -> None:
     if min(args.batch_size, args.sample_duration, args.sample_size, args.repeats, args.threads) < 1:
         raise UserError('--batch_size, --sample_duration, --sample_size, --repeats and --threads '
                         'must be >= 1')
+    if (args.video_path is None) != (args.annotation_path is None):
+        raise UserError('--video_path and --annotation_path go together')
+    if args.video_path is not None:  # the subprocess runs in the project folder
+        args.video_path, args.annotation_path = (str(Path(p).resolve())
+                                                 for p in (args.video_path, args.annotation_path))
     args.mkl_fix = args.mkl_fix and is_amd()
-    args.frame_size, args.clips_per_repeat, args.matmul_size = FRAME_SIZE, 8, MATMUL_SIZE
+    args.frame_size, args.clips_per_repeat, args.matmul_size = FRAME_SIZE, 16, MATMUL_SIZE
     if args.quick:
         args.model_depth, args.batch_size, args.sample_duration, args.sample_size = [10], 2, 4, 32
         args.repeats, args.warmup = 1, 1
@@ -678,6 +824,8 @@ def main(argv=None) -> None:
     for case, result in zip(cases, results):
         if case['job'] == 'loader_memory':
             print(format_loader_memory(case, result))
+        if case['job'] == 'data':
+            print(format_data(case, result))
     notes = []
     if rows:
         notes.append(f'clips/s: median of {args.repeats} timed calls after {args.warmup} warm-up '
@@ -689,6 +837,11 @@ def main(argv=None) -> None:
         notes.append('peak RSS: of the subprocess' + (' (all cases of a framework share one '
                                                       'with --quick)' if args.quick else '')
                      + '; job RSS: its growth from just before the first call')
+    if 'data' in args.jobs:
+        notes.append(f'data: median of {args.repeats} repeats of {args.clips_per_repeat} clips '
+                     'per side after a warm-up one, the sides taking turns in one process '
+                     '(the same videos, frames, crops and flips); fast path off: every frame '
+                     'through the transforms')
     if 'loader_memory' in args.jobs:
         notes.append('loader memory: peaks sampled every 10 ms while an epoch of batches is read '
                      '(no model); PSS splits the pages the forked workers share with the main '
