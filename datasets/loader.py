@@ -95,17 +95,27 @@ def open_hdf5(video_path: Path):
         raise FrameError(f'cannot read video {video_path}: {e}') from e
 
 
-def hdf5_frame(frames, k: int, mode: str, video_path: Path,
-               decode: Optional[Callable] = None) -> Image.Image:
+def hdf5_frame(frames, k: int, mode: str, video_path: Path, decode: Optional[Callable] = None,
+               data=None) -> Image.Image:
     """Frame `k` (1-based, the annotation's numbering) of an hdf5 dataset of encoded images,
     which holds frame k at index k-1 (the reference reads index k: one frame late, and its last
-    frame out of range); `decode(bytes, name)` instead of Pillow's decoding when given."""
+    frame out of range); `decode(bytes, name)` instead of Pillow's decoding when given, `data`
+    the frame's bytes when already read."""
     name = f'{k} of {video_path}'
     if not 1 <= k <= len(frames):
         raise FrameError(f'frame {name} is missing: the file has {len(frames)} frames')
+    if data is None:
+        data = frames[k - 1]
     if decode is not None:
-        return decode(np.asarray(frames[k - 1]).tobytes(), name)
-    return decode_image(io.BytesIO(frames[k - 1]), mode, name)
+        return decode(np.asarray(data).tobytes(), name)
+    return decode_image(io.BytesIO(data), mode, name)
+
+
+def read_hdf5_frames(frames, frame_indices: Sequence[int]) -> Dict[int, object]:
+    """{k: encoded frame k} of the frames held, read in one call (a call per frame costs
+    ~0.05 ms of h5py's)."""
+    wanted = sorted({k for k in frame_indices if 1 <= k <= len(frames)})
+    return dict(zip(wanted, frames[[k - 1 for k in wanted]])) if wanted else {}
 
 
 class VideoLoaderHDF5:
@@ -117,7 +127,10 @@ class VideoLoaderHDF5:
     def __call__(self, video_path: Path, frame_indices: Sequence[int],
                  decode: Optional[Callable] = None) -> list:
         with open_hdf5(video_path) as f:
-            return [hdf5_frame(f['video'], i, 'RGB', video_path, decode) for i in frame_indices]
+            video = f['video']
+            data = read_hdf5_frames(video, frame_indices)
+            return [hdf5_frame(video, i, 'RGB', video_path, decode, data.get(i))
+                    for i in frame_indices]
 
 
 class VideoLoaderFlowHDF5:
