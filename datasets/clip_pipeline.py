@@ -13,9 +13,9 @@ through the transforms frame by frame). Per clip:
   decoded): for the same state of Python's `random` a clip has the same crop and flip.
 - A JPEG whose crop box, reduced 2, 4 or 8 times, still covers the output size is decoded at
   that scale (libjpeg's DCT scaling: the validation crop of a 320x240 frame to 112, half-size)
-  and cropped and resized in one `resize(box=...)` of the reduced image. Any other frame (and
-  every video-file frame) is decoded whole and goes through the transforms' own crop and resize:
-  the plain path's pixels, bit for bit.
+  and cropped and resized in one `resize(box=...)` of the reduced image; a video-file frame
+  (decoded whole by PyAV) is reduced so by Pillow's reduce() (s x s averages). Any other frame
+  goes through the transforms' own crop and resize: the plain path's pixels, bit for bit.
 - uint8 until the end: the crops [T, H, W, 3] are flipped as a slice, made planar and converted,
   scaled and normalized once for the clip, with the float32 operations of ToTensor, ScaleValue
   and Normalize (equal results).
@@ -32,8 +32,9 @@ gradients with noise of std 6 (the benchmark's frames) 0.8, largest 5; a photogr
 i.i.d. pixel noise, the worst case and no video frame, 8.7, largest 56. The DCT scaling keeps
 detail that the plain path's bilinear filter of a 2.1x reduction blurs away, so the difference
 grows with fine detail; Pillow's own reduce-then-resize (`reducing_gap=1`) differs as much (2.1
-on the photograph). tests/test_fast_pipeline.py checks a mean below 2 (largest below 32) on
-demo and textured frames, below 5 on 1/f noise.
+on the photograph). Video files of the demo (reduce()): 0.6, largest 8.
+tests/test_fast_pipeline.py checks a mean below 2 (largest below 32) on demo and textured
+frames and demo videos, below 5 on 1/f noise.
 """
 import io
 from typing import Callable, List, Optional, Sequence
@@ -136,10 +137,11 @@ class ClipDecoder:
             img = img.resize(self.p.out_size, BILINEAR, box=tuple(v / s for v in box))
         return np.asarray(img)
 
-    def _crop_array(self, arr: np.ndarray, box, s: int) -> np.ndarray:
-        """The crop of a C-contiguous RGB array [H, W, 3] (a frame reduced `s` times). A random
-        resized crop of a whole frame hands Pillow only the pixels of its box (a strided view,
-        the same pixels as RandomResizedCrop's crop) and resizes them."""
+    def _crop_array(self, arr: np.ndarray, box, s: int, reduce: bool = False) -> np.ndarray:
+        """The crop of a C-contiguous RGB array [H, W, 3]: a frame reduced `s` times, or
+        (`reduce`) a whole frame that Pillow's reduce() averages s x s first, as a reduced JPEG
+        decode would. A random resized crop of a whole frame hands Pillow only the pixels of its
+        box (a strided view, the same pixels as RandomResizedCrop's crop) and resizes them."""
         height, width = arr.shape[:2]
         if s == 1 and box is not None and type(self.p.crop[0]) is RandomResizedCrop:
             left, top, right, bottom = box
@@ -148,12 +150,14 @@ class ClipDecoder:
                                    width * 3, 1)
             return np.asarray(img.resize(self.p.out_size, self.p.crop[0].interpolation))
         img = Image.frombuffer('RGB', (width, height), arr, 'raw', 'RGB', 0, 1)
+        if reduce and s > 1:
+            img = img.reduce(s)
         return self._crop(img, box, s)
 
     def __call__(self, data, name) -> np.ndarray:
         if isinstance(data, np.ndarray):  # a video file's frame, already decoded
-            box, _ = self._geometry(data.shape[1], data.shape[0])
-            return self._crop_array(data, box, 1)
+            return self._crop_array(data, *self._geometry(data.shape[1], data.shape[0]),
+                                    reduce=True)
         if simplejpeg is not None:
             crop = self._simplejpeg(data)
             if crop is not None:
