@@ -102,4 +102,5 @@ def get_inference_data(video_path, annotation_path, dataset_name, input_type, fi
                     INFERENCE_SUBSETS[inference_subset], input_type, file_type,
                     spatial_transform, temporal_transform, target_type=['video_id', 'segment'],
                     strict_data=strict_data, **kwargs)
+    data.reduced_decoding = False  # whole frames: the results are the reference's pixels'
     return data, collate_fn

@@ -97,9 +97,10 @@ class ClipDecoder:
     """One clip of a FastPipeline: `decoder(data, name)` turns a frame (JPEG bytes, or an RGB
     array [H, W, 3] uint8) into its crop [h, w, 3] uint8; `finish(crops)` makes the clip."""
 
-    def __init__(self, pipeline: FastPipeline, transform: Compose):
+    def __init__(self, pipeline: FastPipeline, transform: Compose, reduce: bool = True):
         self.p = pipeline
         self.transform = transform
+        self.reductions = REDUCTIONS if reduce else ()
         self.started = False
 
     def _geometry(self, width: int, height: int):
@@ -123,7 +124,7 @@ class ClipDecoder:
             box = (left * width / rw, top * height / rh,
                    (left + out_w) * width / rw, (top + out_h) * height / rh)
         out_w, out_h = self.p.out_size
-        for s in REDUCTIONS:
+        for s in self.reductions:
             if (box[2] - box[0]) / s >= out_w and (box[3] - box[1]) / s >= out_h:
                 return box, s
         return box, 1

@@ -131,11 +131,14 @@ class VideoDataset:
 
     Clips of the transforms main.py builds for random-crop training and center-crop
     validation and inference take the fast path of datasets.clip_pipeline (the same crops and
-    flips, the same pixels but where a JPEG is decoded at a reduced scale, within the tolerance
-    stated there); `fast_path = False` sends every frame through the transforms.
+    flips, the same pixels but where a frame is decoded at a reduced scale, within the tolerance
+    stated there); `fast_path = False` sends every frame through the transforms, and
+    `reduced_decoding = False` keeps the fast path's pixels the plain path's (inference sets it:
+    its scores are the results, and equal predict_video's).
     """
 
     fast_path = True
+    reduced_decoding = True
 
     def __init__(self, root_path: Path, annotation_path: Path, subset: str,
                  spatial_transform=None, temporal_transform=None, target_transform=None,
@@ -202,7 +205,7 @@ class VideoDataset:
         pipeline = (fast_pipeline(self.spatial_transform, self.loader) if self.fast_path
                     else None)
         if pipeline is not None:
-            decoder = ClipDecoder(pipeline, self.spatial_transform)
+            decoder = ClipDecoder(pipeline, self.spatial_transform, self.reduced_decoding)
             return decoder.finish(self.read_frames(index, frame_indices, decoder))
         frames = self.read_frames(index, frame_indices)
         if self.spatial_transform is not None:

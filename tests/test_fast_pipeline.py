@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import clip_pipeline, get_training_data, get_validation_data
+from datasets import clip_pipeline, get_inference_data, get_training_data, get_validation_data
 from datasets.clip_pipeline import ClipDecoder, fast_pipeline
 from datasets.loader import FrameError, VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5
 from spatial_transforms import (ColorJitter, Compose, KINETICS_MEAN, KINETICS_STD,
                                 RandomResizedCrop, get_inference_spatial_transform,
                                 get_train_spatial_transform, get_val_spatial_transform)
-from temporal_transforms import TemporalEvenCrop, TemporalRandomCrop
+from temporal_transforms import SlidingWindow, TemporalEvenCrop, TemporalRandomCrop
 from util_scripts.make_demo_data import make_appearance, render_video
 
 # Reduced-scale decoding against the plain path's full decode + resize, in uint8 levels (the
@@ -262,6 +262,18 @@ def test_frame_folders_at_a_reduced_scale(tmp_path, monkeypatch):
     diff = sample_levels(val)
     assert 0 < diff.mean() < MEAN_TOLERANCE and diff.max() < MAX_TOLERANCE
     assert set(reductions) == {2}
+
+
+def test_inference_decodes_whole_frames(tmp_path):
+    """Its scores are the results (and predict_video's): the plain path's pixels, bit for bit,
+    where validation decodes the same frames at a reduced scale."""
+    video_path, annotation = write_tree(tmp_path, demo_frames(6, 160, 120))
+    data, _ = get_inference_data(video_path, annotation, 'ucf101', 'rgb', 'jpg', 'val',
+                                 get_inference_spatial_transform(options(sample_size=56)),
+                                 SlidingWindow(4, 2))
+    assert_same_samples(data)
+    _, val = datasets_of(video_path, annotation, size=56)
+    assert sample_levels(val).mean() > 0
 
 
 def test_bad_frames_are_replaced_warned_and_counted_as_on_the_plain_path(tmp_path):
