@@ -2,7 +2,8 @@
 instead of frame by frame through the spatial transforms.
 
 It covers the transforms main.py builds for training with `--train_crop random` (or
-`center`) without `--colorjitter`, and for validation and center-cropped inference:
+`center`) without `--colorjitter`, and for validation and center-cropped inference (whose
+datasets decode whole frames: `VideoDataset.reduced_decoding`):
 `Compose([RandomResizedCrop | Resize(int) + CenterCrop, (RandomHorizontalFlip), ToTensor,
 (ScaleValue), Normalize])` with bilinear resizing, on RGB frames of a frame folder, an hdf5 file
 of JPEGs or a video file (`fast_pipeline` returns None for anything else, which then goes
@@ -192,7 +193,9 @@ class ClipDecoder:
                 if s > 1 and img.format == 'JPEG':
                     img.draft('RGB', (full[0] // s, full[1] // s))
                 reduced = img.size
-                img = img.convert('RGB')
+                img.load()
+                if img.mode != 'RGB':
+                    img = img.convert('RGB')
         except UnidentifiedImageError as e:
             raise FrameError(f'cannot read frame {name}: not an image, or corrupt') from e
         except (OSError, SyntaxError) as e:
