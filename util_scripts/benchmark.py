@@ -15,7 +15,8 @@ it). Rows:
             multiply-adds of the convolutions and the classifier (x2), against the matmul peak:
             the faster of MKL's (Paddle's and PyTorch's `@`; on AMD, its AVX2 path) and
             oneDNN's (AVX-512 where the processor has it), 2048^3 float32
-    data    (a table of its own) clips/s in one process of the training and the validation
+    data    clips/s in one process (the training pipeline's in the table above, both in a
+            table of their own) of the training and the validation
             data sets main.py builds (main.get_train_utils / get_val_utils: --train_crop random
             = random resized crop + flip; resize + center crop), with the fast path of
             datasets.clip_pipeline and without it, against the reference's pipeline for the
