@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from PIL import Image
 
 from utils import UserError
 
@@ -267,9 +268,11 @@ class VideoReader:
             self._graph = self._build_graph(frame, rotation)
             self._graph_key = key
         self._graph.push(frame)
-        rgb = self._graph.pull()
-        # to_image() costs ~0.3 ms a 320x240 frame more than the array (Pillow zero-fills first)
-        return np.ascontiguousarray(rgb.to_ndarray()) if self._as_array else rgb.to_image()
+        arr = np.ascontiguousarray(self._graph.pull().to_ndarray())
+        if self._as_array:
+            return arr
+        # the same image as VideoFrame.to_image(), 0.3 ms a 320x240 frame faster
+        return Image.frombuffer('RGB', (arr.shape[1], arr.shape[0]), arr, 'raw', 'RGB', 0, 1)
 
     def _build_graph(self, frame, rotation: float):
         av = self.av
