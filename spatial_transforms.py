@@ -1,9 +1,10 @@
-"""Spatial transforms: one PIL image (one frame) in; after ToTensor/ToArray a float32 array [C, H, W].
+"""Spatial transforms: one PIL image (one frame) in; after ToTensor/ToArray a float32 array
+[C, H, W].
 
-The classes keep the reference's names and torchvision's geometry and rounding. Randomness comes from Python's
-`random` only: `randomize_parameters()` is called once per clip, so every frame of a clip gets the same crop, flip
-and colour jitter. RandomResizedCrop draws its box at the first frame after `randomize_parameters()`, because the
-box depends on the frame size.
+The classes keep the reference's names and torchvision's geometry and rounding. Randomness comes
+from Python's `random` only: `randomize_parameters()` is called once per clip, so every frame of a
+clip gets the same crop, flip and colour jitter. RandomResizedCrop draws its box at the first frame
+after `randomize_parameters()`, because the box depends on the frame size.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ MEAN_STD = {
 
 
 def get_mean_std(value_scale: float, dataset: str) -> tuple[list[float], list[float]]:
-    """Mean and std lists of `dataset` ('activitynet', 'kinetics' or '0.5'), multiplied by `value_scale`."""
+    """Mean and std lists of `dataset` ('activitynet', 'kinetics' or '0.5'), multiplied by
+    `value_scale`."""
     if dataset not in MEAN_STD:
         raise ValueError(f"unknown mean dataset '{dataset}': choose from {', '.join(MEAN_STD)}")
     mean, std = MEAN_STD[dataset]
@@ -51,7 +53,8 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def resized_size(width: int, height: int, size: int | Sequence[int]) -> tuple[int, int]:
-    """(width, height) after torchvision's Resize: an int is the shorter side, the longer is int(size * long / short)."""
+    """(width, height) after torchvision's Resize: an int is the shorter side, the longer is
+    int(size * long / short)."""
     if not isinstance(size, int):
         h, w = size
         return w, h
@@ -66,7 +69,8 @@ def crop(img: Image.Image, top: int, left: int, height: int, width: int) -> Imag
 
 
 def _center_offset(length: int, crop_length: int) -> int:
-    """torchvision's center-crop offset along one side; a crop longer than the side is zero-padded evenly."""
+    """torchvision's center-crop offset along one side; a crop longer than the side is
+    zero-padded evenly."""
     if crop_length > length:
         return -((crop_length - length) // 2)
     return int(round((length - crop_length) / 2))
@@ -83,10 +87,11 @@ def corner_offsets(width: int, height: int, size: int, position: str) -> tuple[i
 
 def random_resized_crop_box(width: int, height: int, scale: Sequence[float],
                             ratio: Sequence[float]) -> tuple[int, int, int, int]:
-    """(top, left, height, width) drawn with torchvision's RandomResizedCrop algorithm, using Python's `random`.
+    """(top, left, height, width) drawn with torchvision's RandomResizedCrop algorithm, using
+    Python's `random`.
 
-    Up to 10 tries of an area fraction uniform in `scale` and an aspect ratio log-uniform in `ratio`; if none fits,
-    the central crop with the aspect ratio clamped into `ratio`.
+    Up to 10 tries of an area fraction uniform in `scale` and an aspect ratio log-uniform in
+    `ratio`; if none fits, the central crop with the aspect ratio clamped into `ratio`.
     """
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -107,11 +112,13 @@ def random_resized_crop_box(width: int, height: int, scale: Sequence[float],
 
 
 def adjust_hue(img: Image.Image, hue_factor: float) -> Image.Image:
-    """Rotate the hue by `hue_factor` turns (in [-0.5, 0.5]) as torchvision does for PIL; gray images unchanged."""
+    """Rotate the hue by `hue_factor` turns (in [-0.5, 0.5]) as torchvision does for PIL; gray
+    images unchanged."""
     if img.mode in ('L', '1', 'I', 'F'):
         return img
     h, s, v = img.convert('HSV').split()
-    # uint8 arithmetic wraps around the hue circle; the shift truncates toward zero like torchvision's np.uint8().
+    # uint8 arithmetic wraps around the hue circle; the shift truncates toward zero like
+    # torchvision's np.uint8().
     shift = int(hue_factor * 255) % 256
     h = Image.fromarray(np.asarray(h) + np.uint8(shift))
     return Image.merge('HSV', (h, s, v)).convert(img.mode)
@@ -133,7 +140,8 @@ def adjust_saturation(img: Image.Image, factor: float) -> Image.Image:
 
 
 def to_array(img: Image.Image) -> np.ndarray:
-    """PIL image [H, W, C] -> float32 array [C, H, W]; 8-bit images are divided by 255 into [0, 1]."""
+    """PIL image [H, W, C] -> float32 array [C, H, W]; 8-bit images are divided by 255 into
+    [0, 1]."""
     arr = np.asarray(img)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -146,7 +154,8 @@ def to_array(img: Image.Image) -> np.ndarray:
 
 
 class Compose:
-    """Apply transforms in order; `randomize_parameters()` re-draws all of them (call it once per clip)."""
+    """Apply transforms in order; `randomize_parameters()` re-draws all of them (call it once
+    per clip)."""
 
     def __init__(self, transforms: list):
         self.transforms = transforms
@@ -166,7 +175,8 @@ class Compose:
 
 
 class ToTensor:
-    """PIL image -> float32 array [C, H, W] in [0, 1] (no paddle tensor: the loader batches arrays)."""
+    """PIL image -> float32 array [C, H, W] in [0, 1] (no paddle tensor: the loader batches
+    arrays)."""
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         return to_array(img)
@@ -203,7 +213,8 @@ class Normalize:
 
 
 class ScaleValue:
-    """Multiply an array by `s` (e.g. 255 for models trained on [0, 255] inputs); returns a new array unless s == 1."""
+    """Multiply an array by `s` (e.g. 255 for models trained on [0, 255] inputs); returns a new
+    array unless s == 1."""
 
     def __init__(self, s: float):
         self.s = s
@@ -245,7 +256,8 @@ Scale = Resize
 
 
 class CenterCrop:
-    """Central crop of `size` (int: square, or (h, w)); torchvision's rounding and zero padding of small images."""
+    """Central crop of `size` (int: square, or (h, w)); torchvision's rounding and zero padding
+    of small images."""
 
     def __init__(self, size: int | Sequence[int]):
         self.size = size
@@ -272,9 +284,11 @@ def _check_positions(positions: Sequence[str]) -> None:
 
 
 class CornerCrop:
-    """Square crop of `size` at `crop_position`; with None, a position drawn from `crop_positions` per clip."""
+    """Square crop of `size` at `crop_position`; with None, a position drawn from
+    `crop_positions` per clip."""
 
-    def __init__(self, size: int, crop_position: str | None = None, crop_positions: Sequence[str] = CROP_POSITIONS):
+    def __init__(self, size: int, crop_position: str | None = None,
+                 crop_positions: Sequence[str] = CROP_POSITIONS):
         _check_positions(crop_positions if crop_position is None else [crop_position])
         self.size = size
         self.crop_position = crop_position
@@ -296,13 +310,14 @@ class CornerCrop:
 
 
 class MultiScaleCornerCrop:
-    """Square crop of side int(shorter side * scale) at a corner or the centre, resized to size x size.
+    """Square crop of side int(shorter side * scale) at a corner or the centre, resized to
+    size x size.
 
     The scale and the position are drawn per clip from `scales` and `crop_positions`.
     """
 
-    def __init__(self, size: int, scales: Sequence[float], crop_positions: Sequence[str] = CROP_POSITIONS,
-                 interpolation=BILINEAR):
+    def __init__(self, size: int, scales: Sequence[float],
+                 crop_positions: Sequence[str] = CROP_POSITIONS, interpolation=BILINEAR):
         _check_positions(crop_positions)
         self.size = size
         self.scales = list(scales)
@@ -327,12 +342,14 @@ class MultiScaleCornerCrop:
 
 
 class RandomResizedCrop:
-    """torchvision's RandomResizedCrop with one box per clip: drawn at the first frame after randomize_parameters()."""
+    """torchvision's RandomResizedCrop with one box per clip: drawn at the first frame after
+    randomize_parameters()."""
 
     def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.08, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), interpolation=BILINEAR):
         if scale[0] > scale[1] or ratio[0] > ratio[1]:
-            raise ValueError(f'RandomResizedCrop: scale and ratio must be (min, max), got {scale} and {ratio}')
+            raise ValueError(f'RandomResizedCrop: scale and ratio must be (min, max), got {scale} '
+                             f'and {ratio}')
         self.size = size
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
@@ -344,8 +361,9 @@ class RandomResizedCrop:
         return crop(img, *self.get_box(*img.size)).resize((w, h), self.interpolation)
 
     def get_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """This clip's (top, left, height, width), drawn for a frame of this size if not yet drawn (the fast
-        path of datasets.clip_pipeline draws it from a JPEG header with the same draws)."""
+        """This clip's (top, left, height, width), drawn for a frame of this size if not yet
+        drawn (the fast path of datasets.clip_pipeline draws it from a JPEG header, the same
+        draws)."""
         if self.box is None:
             self.box = random_resized_crop_box(width, height, self.scale, self.ratio)
         return self.box
@@ -377,8 +395,10 @@ class RandomHorizontalFlip:
         return f'{type(self).__name__}(p={self.p})'
 
 
-def _jitter_range(name: str, value, center: float, bounds: tuple[float, float]) -> tuple[float, float] | None:
-    """torchvision's ColorJitter argument: x -> [center - x, center + x] clipped to `bounds`, or a (min, max) pair.
+def _jitter_range(name: str, value, center: float,
+                  bounds: tuple[float, float]) -> tuple[float, float] | None:
+    """torchvision's ColorJitter argument: x -> [center - x, center + x] clipped to `bounds`, or a
+    (min, max) pair.
 
     None when the range is the single point `center` (e.g. x = 0): that adjustment is skipped.
     """
@@ -396,11 +416,12 @@ def _jitter_range(name: str, value, center: float, bounds: tuple[float, float]) 
 
 
 class ColorJitter:
-    """torchvision's ColorJitter with one draw per clip: brightness, contrast, saturation and hue in random order.
+    """torchvision's ColorJitter with one draw per clip: brightness, contrast, saturation and hue
+    in random order.
 
-    Factors are uniform in [max(0, 1 - x), 1 + x] (hue: a shift uniform in [-hue, hue], hue <= 0.5); a 0 skips that
-    adjustment. As in torchvision before 0.8, the factors are drawn in that order and the order of application
-    is then shuffled, all with Python's `random`.
+    Factors are uniform in [max(0, 1 - x), 1 + x] (hue: a shift uniform in [-hue, hue],
+    hue <= 0.5); a 0 skips that adjustment. As in torchvision before 0.8, the factors are drawn in
+    that order and the order of application is then shuffled, all with Python's `random`.
     """
 
     def __init__(self, brightness=0, contrast=0, saturation=0, hue=0):
@@ -419,7 +440,8 @@ class ColorJitter:
     def randomize_parameters(self) -> None:
         candidates = ((self.brightness, adjust_brightness), (self.contrast, adjust_contrast),
                       (self.saturation, adjust_saturation), (self.hue, adjust_hue))
-        self.adjustments = [(adjust, random.uniform(*rng)) for rng, adjust in candidates if rng is not None]
+        self.adjustments = [(adjust, random.uniform(*rng)) for rng, adjust in candidates
+                            if rng is not None]
         random.shuffle(self.adjustments)
 
     def __repr__(self) -> str:
@@ -428,7 +450,8 @@ class ColorJitter:
 
 
 class PickFirstChannels:
-    """The first `n` channels of an array [C, H, W] (a view), e.g. the x/y planes of an optical-flow frame."""
+    """The first `n` channels of an array [C, H, W] (a view), e.g. the x/y planes of an
+    optical-flow frame."""
 
     def __init__(self, n: int):
         self.n = n

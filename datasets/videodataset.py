@@ -18,7 +18,8 @@ MAX_FRAMES_NAMED = 3
 
 
 def load_annotation(annotation_path: Path) -> dict:
-    """Read the annotation json, with an error that names the file when it is missing or malformed."""
+    """Read the annotation json, with an error that names the file when it is missing or
+    malformed."""
     try:
         with Path(annotation_path).open() as f:
             data = json.load(f)
@@ -123,11 +124,11 @@ class VideoDataset:
     A video whose folder is missing, or whose segment has no frames, is skipped; the count of
     skipped videos is reported once. `data` holds one compact record per video (`VideoRecords`,
     a sequence of the reference's sample dicts); the frame numbers of a video are listed when
-    its sample is read, so an annotation of 700,000 videos takes seconds and tens of MB. A frame that is missing or corrupt is replaced by the
-    nearest readable frame of its video (the reference silently returns a short clip or
-    fails), and a video without any readable frame gives its place to the next video; both are
-    warned about once per video and counted in `bad_frames`. `strict_data=True` makes the first
-    bad frame an error instead.
+    its sample is read, so an annotation of 700,000 videos takes seconds and tens of MB. A frame
+    that is missing or corrupt is replaced by the nearest readable frame of its video (the
+    reference silently returns a short clip or fails), and a video without any readable frame
+    gives its place to the next video; both are warned about once per video and counted in
+    `bad_frames`. `strict_data=True` makes the first bad frame an error instead.
 
     Clips of the transforms main.py builds for random-crop training and center-crop
     validation and inference take the fast path of datasets.clip_pipeline (the same crops and

@@ -1,4 +1,5 @@
-"""Spatial transforms on tiny images whose pixel values name their location, so crops can be identified."""
+"""Spatial transforms on tiny images whose pixel values name their location, so crops can be
+identified."""
 import math
 import random
 
@@ -7,8 +8,9 @@ import pytest
 from PIL import Image, ImageEnhance
 
 import spatial_transforms as st
-from spatial_transforms import (CenterCrop, ColorJitter, Compose, CornerCrop, MultiScaleCornerCrop, Normalize,
-                                PickFirstChannels, RandomHorizontalFlip, RandomResizedCrop, Resize, ScaleValue,
+from spatial_transforms import (CenterCrop, ColorJitter, Compose, CornerCrop, MultiScaleCornerCrop,
+                                Normalize, PickFirstChannels, RandomHorizontalFlip,
+                                RandomResizedCrop, Resize, ScaleValue,
                                 ToArray, ToTensor, get_mean_std)
 
 
@@ -30,9 +32,11 @@ def pixels(img):
 # Resize, CenterCrop, CornerCrop
 
 def test_resize_shorter_side_landscape_and_portrait():
-    assert Resize(3)(image(8, 6)).size == (4, 3)  # (width, height): short 6 -> 3, long int(3 * 8 / 6) = 4
+    # (width, height): short 6 -> 3, long int(3 * 8 / 6) = 4
+    assert Resize(3)(image(8, 6)).size == (4, 3)
     assert Resize(3)(image(6, 8)).size == (3, 4)
-    assert Resize(4)(image(10, 7)).size == (5, 4)  # int(4 * 10 / 7) = int(5.71) = 5: truncation, not rounding
+    # int(4 * 10 / 7) = int(5.71) = 5: truncation, not rounding
+    assert Resize(4)(image(10, 7)).size == (5, 4)
     assert Resize(4)(image(7, 10)).size == (4, 5)
 
 
@@ -63,7 +67,8 @@ def test_center_crop_larger_than_image_pads_like_torchvision():
     assert not out[:, [0, 9, 10]].any()
 
 
-@pytest.mark.parametrize('position, top, left', [('c', 1, 2), ('tl', 0, 0), ('tr', 0, 4), ('bl', 2, 0), ('br', 2, 4)])
+@pytest.mark.parametrize('position, top, left', [('c', 1, 2), ('tl', 0, 0), ('tr', 0, 4),
+                                                 ('bl', 2, 0), ('br', 2, 4)])
 def test_corner_crop_positions(position, top, left):
     out = pixels(CornerCrop(4, position)(image(8, 6)))
     assert np.array_equal(out, grid(8, 6)[top:top + 4, left:left + 4])
@@ -105,7 +110,8 @@ def test_multiscale_corner_crop_same_crop_for_every_frame_of_a_clip():
         top, left = st.corner_offsets(8, 6, size, t.crop_position)
         for offset in (0, 30, 60):  # three different frames of one clip
             frame = image(8, 6, offset)
-            expected = frame.crop((left, top, left + size, top + size)).resize((4, 4), Image.Resampling.BILINEAR)
+            expected = frame.crop((left, top, left + size, top + size)).resize(
+                (4, 4), Image.Resampling.BILINEAR)
             out = t(frame)
             assert out.size == (4, 4)
             assert np.array_equal(pixels(out), pixels(expected))
@@ -128,15 +134,17 @@ def test_random_resized_crop_box_inside_image_with_scale_and_ratio_in_bounds():
 
 
 def test_random_resized_crop_whole_square_image():
-    # scale (1, 1), ratio (1, 1) on 6 x 6: w = h = 6 fits at once, randint(0, 0) twice -> the whole image
+    # scale (1, 1), ratio (1, 1) on 6 x 6: w = h = 6 fits at once, randint(0, 0) twice -> the
+    # whole image
     assert st.random_resized_crop_box(6, 6, (1.0, 1.0), (1.0, 1.0)) == (0, 0, 6, 6)
 
 
 def test_random_resized_crop_fallback_is_central_crop():
-    # 8 x 6, scale (1, 1), ratio (1, 1): every try gives w = h = round(sqrt(48)) = 7 > 6, so the fallback:
-    # in_ratio 8 / 6 > 1 -> h = 6, w = round(6 * 1) = 6, top 0, left (8 - 6) // 2 = 1
+    # 8 x 6, scale (1, 1), ratio (1, 1): every try gives w = h = round(sqrt(48)) = 7 > 6, so the
+    # fallback: in_ratio 8 / 6 > 1 -> h = 6, w = round(6 * 1) = 6, top 0, left (8 - 6) // 2 = 1
     assert st.random_resized_crop_box(8, 6, (1.0, 1.0), (1.0, 1.0)) == (0, 1, 6, 6)
-    # portrait 100 x 400 with ratio (1, 1) and scale >= 0.9: in_ratio 0.25 < 1 -> w = 100, h = 100, top 150
+    # portrait 100 x 400 with ratio (1, 1) and scale >= 0.9: in_ratio 0.25 < 1 -> w = 100,
+    # h = 100, top 150
     assert st.random_resized_crop_box(100, 400, (0.9, 1.0), (1.0, 1.0)) == (150, 0, 100, 100)
 
 
@@ -151,7 +159,8 @@ def test_random_resized_crop_same_box_for_a_clip_new_box_after_randomize():
         box = t.box
         top, left, h, w = box
         frame = image(8, 6, offset=50)
-        expected = frame.crop((left, top, left + w, top + h)).resize((4, 4), Image.Resampling.BILINEAR)
+        expected = frame.crop((left, top, left + w, top + h)).resize((4, 4),
+                                                                     Image.Resampling.BILINEAR)
         assert np.array_equal(pixels(t(frame)), pixels(expected))
         assert t.box == box
         assert first.size == (4, 4)
@@ -305,11 +314,13 @@ def test_pick_first_channels():
 
 def test_compose_applies_in_order():
     # to [0, 1] -> x 2 -> (x - 1) / 2: the top-left red value 0 gives (0 * 2 - 1) / 2 = -0.5
-    out = Compose([CornerCrop(2, 'tl'), ToTensor(), ScaleValue(2), Normalize([1, 1, 1], [2, 2, 2])])(image())
+    out = Compose([CornerCrop(2, 'tl'), ToTensor(), ScaleValue(2),
+                   Normalize([1, 1, 1], [2, 2, 2])])(image())
     assert out.shape == (3, 2, 2)
     assert np.allclose(out, (grid()[:2, :2].transpose(2, 0, 1) / 255 * 2 - 1) / 2)
     # normalizing before scaling gives different values: the order is respected
-    swapped = Compose([CornerCrop(2, 'tl'), ToTensor(), Normalize([1, 1, 1], [2, 2, 2]), ScaleValue(2)])(image())
+    swapped = Compose([CornerCrop(2, 'tl'), ToTensor(), Normalize([1, 1, 1], [2, 2, 2]),
+                       ScaleValue(2)])(image())
     assert np.allclose(swapped, (grid()[:2, :2].transpose(2, 0, 1) / 255 - 1) / 2 * 2)
 
 

@@ -59,7 +59,7 @@ from utils import UserError, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_TAG = 'BENCHMARK_RESULT '
 N_CLASSES = 400  # Kinetics-400, the reference's default
-FRAME_SIZE = (320, 240)  # (width, height) of the frames of UCF-101 / HMDB-51 / Kinetics after resizing
+FRAME_SIZE = (320, 240)  # (width, height) of UCF-101 / HMDB-51 / Kinetics frames after resizing
 MATMUL_SIZE = 2048
 LOADER_WORKERS, LOADER_EPOCHS = 4, 5  # the loader_memory job
 
@@ -106,7 +106,8 @@ def paddle_model(case: dict):
 def random_batch(case: dict, seed: int = 0):
     """Clips [N, 3, T, H, W] and labels [N], as numpy arrays."""
     rng = np.random.default_rng(seed)
-    shape = [case['batch_size'], 3, case['sample_duration'], case['sample_size'], case['sample_size']]
+    shape = [case['batch_size'], 3, case['sample_duration'], case['sample_size'],
+             case['sample_size']]
     return (rng.standard_normal(shape, dtype=np.float32),
             rng.integers(0, N_CLASSES, case['batch_size']))
 
@@ -208,15 +209,17 @@ def torch_resnet(depth: int):
     import torch.nn as nn
 
     def conv_bn(c_in, c_out, kernel, stride=1):
-        return [nn.Conv3d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm3d(c_out)]
+        return [nn.Conv3d(c_in, c_out, kernel, stride, kernel // 2, bias=False),
+                nn.BatchNorm3d(c_out)]
 
     class Block(nn.Module):
         def __init__(self, c_in, planes, stride, bottleneck):
             super().__init__()
             c_out = planes * (4 if bottleneck else 1)
             if bottleneck:
-                layers = (conv_bn(c_in, planes, 1) + [nn.ReLU()] + conv_bn(planes, planes, 3, stride)
-                          + [nn.ReLU()] + conv_bn(planes, c_out, 1))
+                layers = (conv_bn(c_in, planes, 1) + [nn.ReLU()]
+                          + conv_bn(planes, planes, 3, stride) + [nn.ReLU()]
+                          + conv_bn(planes, c_out, 1))
             else:
                 layers = conv_bn(c_in, planes, 3, stride) + [nn.ReLU()] + conv_bn(planes, planes, 3)
             self.body = nn.Sequential(*layers)
@@ -553,7 +556,7 @@ def child_env(threads: int, mkl_fix: bool, huge_pages: bool) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     env.pop('MKL_DEBUG_CPU_TYPE', None)
     if mkl_fix:
-        env['MKL_DEBUG_CPU_TYPE'] = '5'  # MKL's AVX2 kernels on AMD instead of its slow generic path
+        env['MKL_DEBUG_CPU_TYPE'] = '5'  # MKL's AVX2 kernels on AMD, not its slow generic path
     if huge_pages:  # as main.py starts (environment.with_huge_pages)
         with_huge_pages(env)
     return env
