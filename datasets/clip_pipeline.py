@@ -12,7 +12,7 @@ through the transforms frame by frame). Per clip:
 - The random draws are the transforms' own, in the plain path's order (randomize_parameters(),
   then the crop box from the first frame's size, which a JPEG's header gives before it is
   decoded): for the same state of Python's `random` a clip has the same crop and flip.
-- A JPEG whose crop box, reduced 2, 4 or 8 times, still covers the output size is decoded at
+- A JPEG whose crop box, reduced 2, 4 or 8 times, is still larger than the output is decoded at
   that scale (libjpeg's DCT scaling: the validation crop of a 320x240 frame to 112, half-size)
   and cropped and resized in one `resize(box=...)` of the reduced image; a video-file frame
   (decoded whole by PyAV) is reduced so by Pillow's reduce() (s x s averages). Any other frame
@@ -26,7 +26,7 @@ pixels, with less overhead per frame), else with Pillow (`draft` for the reduced
 
 Tolerance of the reduced scales, against the plain path's full decode + resize, in uint8
 levels (mean absolute difference over a crop; largest of any pixel), for 320x240 frames cropped
-to 112x112 (validation: half scale; training crops of 224 and more agree alike or better): demo
+to 112x112 at half scale (validation; training crops more than 224 high differ alike): demo
 frames (make_demo_data + generate_video_jpgs, sharp-edged stripes) 1.0, largest 14; smooth
 gradients with noise of std 6 (the benchmark's frames) 0.8, largest 5; a photograph downscaled to
 320x240 (matplotlib's grace_hopper.jpg, fine detail) 2.0, largest 46; 1/f noise 4.2, largest 37;
@@ -125,8 +125,10 @@ class ClipDecoder:
             box = (left * width / rw, top * height / rh,
                    (left + out_w) * width / rw, (top + out_h) * height / rh)
         out_w, out_h = self.p.out_size
-        for s in self.reductions:
-            if (box[2] - box[0]) / s >= out_w and (box[3] - box[1]) / s >= out_h:
+        for s in self.reductions:  # reduced, the box must still be larger than the output: at
+            # exactly 1:1 the resize would filter nothing (a 224 crop to 112 from half size
+            # differed by 2.4 levels on a photograph, 225 by 2.0)
+            if (box[2] - box[0]) / s > out_w and (box[3] - box[1]) / s > out_h:
                 return box, s
         return box, 1
 

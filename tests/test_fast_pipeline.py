@@ -134,9 +134,12 @@ def test_same_boxes_flips_and_pixels_as_the_plain_path(value_scale):
     assert flips == {True, False}
 
 
-def test_validation_clip_equals_the_plain_path_without_reduction():
-    frames = [jpeg(f) for f in textured_frames(3, 40, 30)]  # 40x30 -> 42x32 -> 32x32
-    transform = get_val_spatial_transform(options())
+@pytest.mark.parametrize('width, height, size', [
+    (40, 30, 32),  # 40x30 -> 42x32 -> 32x32: no reduction fits
+    (64, 48, 24)])  # a 48x48 box, exactly twice the output: not reduced (a resize at 1:1)
+def test_validation_clip_equals_the_plain_path_without_reduction(width, height, size):
+    frames = [jpeg(f) for f in textured_frames(3, width, height)]
+    transform = get_val_spatial_transform(options(sample_size=size))
     np.testing.assert_array_equal(fast_clip(transform, frames), plain_clip(transform, frames))
 
 
