@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   venv + synthetic UCF-101-style videos -> frames -> json -> train/val/infer -> top-1
 #               -> exported model, curves.png, one video classified
-#   make test   venv + the whole test suite
+#   make test   venv + lint (ruff) + the whole test suite
 # GPU: add PADDLE=paddlepaddle-gpu (see README.md).
 
 PYTHON ?= python3
@@ -19,7 +19,7 @@ $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip uninstall -q -y paddlepaddle paddlepaddle-gpu
-	$(PY) -m pip install -q $(PADDLE) -r requirements.txt pytest
+	$(PY) -m pip install -q $(PADDLE) -r requirements.txt pytest ruff
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -42,6 +42,7 @@ demo: $(STAMP)
 		--model $(DEMO)/exported --topk 4
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests
 
 clean-demo:
