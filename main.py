@@ -245,7 +245,7 @@ def main_worker(opt, stop: StopSignals):
         results = inference.inference(stop.watch(inference_loader), model,
                                       result_path if master else None, class_names,
                                       opt.inference_no_average, opt.output_topk,
-                                      backend=opt.inference_backend)
+                                      backend=opt.inference_backend, amp=opt.amp)
         log(f'inference: {len(results["results"])} {opt.inference_subset} videos -> '
             f'{result_path}')
 

@@ -118,8 +118,8 @@ def get_parser() -> argparse.ArgumentParser:
                         'whose statistics are averaged across processes every epoch)')
     g.add_argument('--amp', nargs='?', const='float16', default=None,
                    choices=['float16', 'bfloat16'],
-                   help='Automatic mixed precision in training, GPU only: --amp is float16 '
-                        'with loss scaling, --amp bfloat16 where the GPU supports it')
+                   help='Mixed precision: --amp is float16 with loss scaling (GPU), --amp '
+                        'bfloat16 where the GPU or the CPU (avx512_bf16, amx_bf16) has it')
     g.add_argument('--n_epochs', default=200, type=positive_int,
                    help='Number of total epochs to run')
     g.add_argument('--n_val_samples', default=3, type=positive_int,

@@ -62,3 +62,22 @@ def test_topk_is_capped_at_the_number_of_classes():
     results = get_video_results(np.array([0.2, 0.5, 0.3]), CLASS_NAMES, 10)
     assert [r['label'] for r in results] == ['b', 'c', 'a']
     assert [r['score'] for r in results] == pytest.approx([0.5, 0.3, 0.2])
+
+
+def test_bfloat16_inference_scores_stay_within_2e_2_of_float32():
+    from models import onednn
+    from models.resnet import generate_model
+    if not onednn.bfloat16_supported():
+        pytest.skip('this CPU has no bfloat16 instructions (avx512_bf16 or amx_bf16)')
+    paddle.set_device('cpu')
+    paddle.seed(0)
+    model = generate_model(10, n_classes=5, widen_factor=0.5)
+    rng = np.random.default_rng(0)
+    batches = [(paddle.to_tensor(rng.standard_normal([2, 3, 8, 32, 32]).astype('float32')),
+                [(f'v{i}', [1, 9]), (f'v{i}', [9, 17])]) for i in range(3)]
+    names = {i: str(i) for i in range(5)}
+    exact = inference(batches, model, None, names, False, 5, backend='dygraph')['results']
+    rounded = inference(batches, model, None, names, False, 5, amp='bfloat16')['results']
+    differences = [abs(a['score'] - {r['label']: r['score'] for r in rounded[v]}[a['label']])
+                   for v in exact for a in exact[v]]
+    assert 0 < max(differences) < 2e-2  # bfloat16 shows, within its tolerance

@@ -144,9 +144,11 @@ def paddle_train(case: dict) -> dict:
     clips, labels = random_batch(case)
     clips, labels = paddle.to_tensor(clips), paddle.to_tensor(labels)
     model.train()
+    precision = paddle_precision(case)
 
     def step():
-        loss = F.cross_entropy(model(clips), labels)
+        with precision():
+            loss = F.cross_entropy(model(clips), labels)
         optimizer.clear_grad()
         loss.backward()
         optimizer.step()
@@ -160,8 +162,18 @@ def paddle_infer(case: dict) -> dict:
     flops = paddle_flops_per_clip(model, case)
     clips, _ = random_batch(case)
     logits = inference.make_logits_fn(model, clips, case['backend'])
-    return dict(time_calls(lambda: logits(clips), case['warmup'], case['repeats']),
-                flops_per_clip=flops)
+    precision = paddle_precision(case)
+
+    def forward():
+        with precision():
+            return logits(clips)
+    return dict(time_calls(forward, case['warmup'], case['repeats']), flops_per_clip=flops)
+
+
+def paddle_precision(case: dict):
+    """The context of `--amp bfloat16` on CPU (training.autocast), or none for float32."""
+    import training
+    return lambda: training.autocast(case['dtype'] if case['dtype'] == 'bfloat16' else None)
 
 
 def paddle_matmul(case: dict) -> dict:
@@ -186,8 +198,7 @@ def onednn_matmul(a, b):
     library = onednn.library()
     if library is None:
         return None
-    plain_2d = 3  # dnnl_ab
-    descs = [library.desc(t.shape, plain_2d) for t in (a, b, a)]
+    descs = [library.desc(t.shape, onednn.dnnl_ab) for t in (a, b, a)]
     pd = ctypes.c_void_p()
     library.call('dnnl_matmul_primitive_desc_create', ctypes.byref(pd), library.engine,
                  descs[0], descs[1], None, descs[2], None)
@@ -255,9 +266,11 @@ def torch_train(case: dict) -> dict:
     model = torch_resnet(case['depth']).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     clips, labels = (torch.from_numpy(a) for a in random_batch(case))
+    precision = torch_precision(torch, case)
 
     def step():
-        loss = torch.nn.functional.cross_entropy(model(clips), labels)
+        with precision:
+            loss = torch.nn.functional.cross_entropy(model(clips), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -270,10 +283,19 @@ def torch_infer(case: dict) -> dict:
     model = torch_resnet(case['depth']).eval()
     clips = torch.from_numpy(random_batch(case)[0])
 
+    precision = torch_precision(torch, case)
+
     def forward():
-        with torch.no_grad():
-            return model(clips).numpy()
+        with torch.no_grad(), precision:
+            return model(clips).float().numpy()
     return time_calls(forward, case['warmup'], case['repeats'])
+
+
+def torch_precision(torch, case: dict):
+    """PyTorch's CPU mixed precision for bfloat16 rows (autocast), else nothing."""
+    if case['dtype'] == 'bfloat16':
+        return torch.autocast('cpu', dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def torch_matmul(case: dict) -> dict:
@@ -544,6 +566,31 @@ def run_cases_here(cases: List[dict]) -> None:
 # ----------------------------------------------------------------------------------------------
 # orchestration (the parent process)
 
+# instruction sets that decide the speed of the convolutions, as /proc/cpuinfo names them
+ISA_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16')
+
+
+def cpu_description() -> str:
+    """'MODEL (flags: ...)' from /proc/cpuinfo, or the platform's word for the processor."""
+    try:
+        info = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(':', 1) for line in info.splitlines()[:40] if ':' in line)
+    model = fields.get('model name\t', '').strip() or platform.machine()
+    flags = set(fields.get('flags\t\t', '').split())
+    return f'{model} ({" ".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"})'
+
+
+def has_bfloat16() -> bool:
+    """Whether this CPU runs `--amp bfloat16` (asked in a subprocess: the parent does not
+    import Paddle)."""
+    code = 'from models import onednn; print(onednn.bfloat16_supported())'
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                            text=True)
+    return result.stdout.strip().endswith('True')
+
+
 def is_amd() -> bool:
     try:
         return 'AuthenticAMD' in Path('/proc/cpuinfo').read_text()
@@ -578,17 +625,24 @@ def make_cases(args, with_torch: bool) -> List[dict]:
                  sample_size=args.sample_size, warmup=args.warmup, repeats=args.repeats,
                  threads=args.threads)
     impls = ['paddle', 'torch'] if with_torch else ['paddle']
+    shape['dtype'] = 'float32'
     cases = []
     for depth in args.model_depth:
-        if 'train' in args.jobs:
-            cases.append(dict(shape, job='train', impl='paddle', depth=depth, backend='dygraph'))
-            if with_torch:
-                cases.append(dict(shape, job='train', impl='torch', depth=depth, backend='eager'))
-        if 'infer' in args.jobs:
-            cases += [dict(shape, job='infer', impl='paddle', depth=depth, backend=b)
-                      for b in ('dygraph', 'onednn')]
-            if with_torch:
-                cases.append(dict(shape, job='infer', impl='torch', depth=depth, backend='eager'))
+        for dtype in args.dtypes:
+            precise = dict(shape, dtype=dtype)
+            if 'train' in args.jobs:
+                cases.append(dict(precise, job='train', impl='paddle', depth=depth,
+                                  backend='dygraph'))
+                if with_torch:
+                    cases.append(dict(precise, job='train', impl='torch', depth=depth,
+                                      backend='eager' if dtype == 'float32' else 'autocast'))
+            if 'infer' in args.jobs:
+                cases += [dict(precise, job='infer', impl='paddle', depth=depth, backend=b)
+                          for b in (('dygraph', 'onednn') if dtype == 'float32' else
+                                    ('dygraph',))]
+                if with_torch:
+                    cases.append(dict(precise, job='infer', impl='torch', depth=depth,
+                                      backend='eager' if dtype == 'float32' else 'autocast'))
     if 'data' in args.jobs:
         cases.append(dict(shape, job='data', impl='paddle', depth=None, backend='pipelines',
                           n_videos=4 if args.video_path is None else args.data_videos,
@@ -613,7 +667,9 @@ def run_cases(cases: List[dict], args) -> List[dict]:
     results = [None] * len(cases)
     groups = {}
     for i, case in enumerate(cases):
-        key = case['impl'] if args.quick else i
+        # --quick: a process per framework and precision (PyTorch's bfloat16 convolutions crash
+        # on the tiny shapes of --quick on some CPUs, which must not take its float32 rows along)
+        key = (case['impl'], case.get('dtype')) if args.quick else i
         groups.setdefault(key, []).append(i)
     for indices in groups.values():
         impl = cases[indices[0]]['impl']
@@ -642,8 +698,8 @@ def make_rows(cases: List[dict], results: List[dict]) -> List[dict]:
         if case['job'] in ('matmul', 'loader_memory', 'data'):
             continue
         row = dict(job=case['job'], model=f'R3D-{case["depth"]}' if case['depth'] else '-',
-                   impl=f'{case["impl"]} {case["backend"]}', error=result.get('error'),
-                   peak_rss=result.get('peak_rss'))
+                   impl=f'{case["impl"]} {case["backend"]}', dtype=case['dtype'],
+                   error=result.get('error'), peak_rss=result.get('peak_rss'))
         if row['error'] is None:
             speeds = clips_per_second(case, result)
             row.update(speed=statistics.median(speeds), low=min(speeds), high=max(speeds),
@@ -658,11 +714,11 @@ def make_rows(cases: List[dict], results: List[dict]) -> List[dict]:
                 if peak:
                     row['of_peak'] = row['gflops'] / peak
             if case['impl'] == 'torch':
-                torch_speed[case['job'], case['depth']] = row['speed']
+                torch_speed[case['job'], case['depth'], case['dtype']] = row['speed']
         rows.append(row)
     for row, case in zip(rows, [c for c in cases
                                 if c['job'] not in ('matmul', 'loader_memory', 'data')]):
-        reference = torch_speed.get((case['job'], case['depth']))
+        reference = torch_speed.get((case['job'], case['depth'], case['dtype']))
         if reference and row.get('speed') and case['impl'] == 'paddle':
             row['ratio'] = row['speed'] / reference
     for case, result in zip(cases, results):
@@ -692,14 +748,16 @@ def data_rows(result: dict) -> List[dict]:
 
 
 def format_table(rows: List[dict]) -> str:
-    header = ['job', 'model', 'impl', 'clips/s', 'range', 'vs torch', 'GFLOP/s', '% peak',
-              'peak RSS MB', 'job RSS MB']
+    header = ['job', 'model', 'impl', 'dtype', 'clips/s', 'range', 'vs torch', 'GFLOP/s',
+              '% peak', 'peak RSS MB', 'job RSS MB']
     lines = []
     for r in rows:
+        dtype = r.get('dtype', '')
         if r['error']:
-            lines.append([r['job'], r['model'], r['impl'], 'error: ' + r['error']] + [''] * 6)
+            lines.append([r['job'], r['model'], r['impl'], dtype, 'error: ' + r['error']]
+                         + [''] * 6)
             continue
-        lines.append([r['job'], r['model'], r['impl'], f'{r["speed"]:.2f}',
+        lines.append([r['job'], r['model'], r['impl'], dtype, f'{r["speed"]:.2f}',
                       f'{r["low"]:.2f}-{r["high"]:.2f}',
                       f'{r["ratio"]:.2f}x' if 'ratio' in r else '',
                       f'{r["gflops"]:.0f}' if 'gflops' in r else '',
@@ -788,6 +846,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument('--no_mkl_fix', dest='mkl_fix', action='store_false',
                    help='do not set MKL_DEBUG_CPU_TYPE=5 for Paddle (set by default on AMD)')
     p.add_argument('--no_torch', action='store_true', help='skip PyTorch even if installed')
+    p.add_argument('--dtypes', nargs='+', choices=['float32', 'bfloat16'], default=None,
+                   help='train and infer rows in these precisions (default: float32, and '
+                        'bfloat16 where the CPU has it: ours with --amp bfloat16, PyTorch with '
+                        'autocast)')
     p.add_argument('--quick', action='store_true',
                    help='tiny shapes, one repeat, one subprocess per framework: a smoke test')
     p.add_argument('--cases', help=argparse.SUPPRESS)  # the subprocess's work, as json
@@ -815,9 +877,11 @@ def main(argv=None) -> None:
         args.frame_size, args.clips_per_repeat, args.matmul_size = (64, 48), 2, 256
         args.loader_videos = 8
     with_torch = not args.no_torch and importlib.util.find_spec('torch') is not None
+    if args.dtypes is None:
+        args.dtypes = ['float32'] + (['bfloat16'] if has_bfloat16() else [])
     cases = make_cases(args, with_torch)
     load = os.getloadavg()[0]
-    print(f'{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} usable '
+    print(f'{cpu_description()}, {len(os.sched_getaffinity(0))} usable '
           f'cores, {args.threads} math threads, MKL_DEBUG_CPU_TYPE=5: {args.mkl_fix}, load '
           f'average {load:.2f}; input [{args.batch_size}, 3, {args.sample_duration}, '
           f'{args.sample_size}, {args.sample_size}]', file=sys.stderr)

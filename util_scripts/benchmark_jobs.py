@@ -133,8 +133,11 @@ def reference_job(job: str, folder: Path, annotation: Path, args) -> None:
             frames = [center_crop(resize_shorter(load(path / f'image_{t:05d}.jpg')))
                       for t in range(1, N_FRAMES + 1)]
             frames = [to_tensor(img).sub_(mean).div_(std) for img in frames]
-            clips = [torch.stack(frames[s:s + duration], 0).permute(1, 0, 2, 3)
-                     for s in range(0, N_FRAMES - duration + 1, duration)]
+            clips = []  # its SlidingWindow: a window every stride, the last one looped
+            for begin in range(0, N_FRAMES, duration):
+                window = frames[begin:begin + duration]
+                window = [window[i % len(window)] for i in range(duration)]
+                clips.append(torch.stack(window, 0).permute(1, 0, 2, 3))
             return clips, [video] * len(clips)
 
     def collate(batch):
