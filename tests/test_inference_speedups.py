@@ -114,4 +114,4 @@ def test_benchmark_quick_runs_every_path(capsys):
     for impl in ('paddle dygraph', 'paddle onednn', 'paddle project'):
         assert impl in table
     rows = [line.split('|') for line in table.splitlines() if line.startswith('| infer')]
-    assert all(float(row[4]) > 0 for row in rows)  # clips/s
+    assert all(float(row[5]) > 0 for row in rows)  # clips/s
