@@ -15,11 +15,14 @@ STAMP := $(VENV)/.installed-$(PADDLE)
 
 venv: $(STAMP)
 
+# Paddle 2.x (the public index's GPU wheel) segfaults beside NumPy 2: it gets numpy<2.
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip uninstall -q -y paddlepaddle paddlepaddle-gpu
 	$(PY) -m pip install -q $(PADDLE) -r requirements.txt pytest ruff
+	$(PY) -c "import paddle, sys; sys.exit(paddle.__version__.startswith('2.'))" \
+		|| $(PY) -m pip install -q "numpy<2"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

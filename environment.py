@@ -5,6 +5,7 @@ sets is read once, when a library loads or the process starts (OpenMP's thread c
 is imported, glibc's tunables at exec), so this module imports the standard library only.
 """
 import contextlib
+import importlib.util
 import io
 import os
 import sys
@@ -27,7 +28,8 @@ def setup(restart_with_huge_pages: bool = False, environ=os.environ) -> None:
       runs; a no-op once set, or off Linux);
     - one progress bar in a data-parallel run, the master's (tqdm reads TQDM_DISABLE on import);
     - warnings as one line each, written around the progress bar;
-    - Paddle imported without the caution it prints for any thread count > 1.
+    - PyAV imported before Paddle (see below), and Paddle without the caution it prints for any
+      thread count > 1.
     """
     if restart_with_huge_pages and with_huge_pages(environ):
         # sys.orig_argv keeps `-m module` (3.10+); sys.argv is the script's command line
@@ -43,6 +45,10 @@ def setup(restart_with_huge_pages: bool = False, environ=os.environ) -> None:
     warnings.filterwarnings('ignore', message='No ccache found')
     warnings.filterwarnings('ignore', message='When training, we now always track global mean')
     warnings.showwarning = _show_warning
+    # PyAV (--file_type video) before Paddle: Paddle 2.6 loads a zlib of its own that breaks
+    # PyAV's when Paddle comes first ("zlib.error: ... inconsistent stream state")
+    if importlib.util.find_spec('av') is not None:
+        import av  # noqa: F401
     with contextlib.redirect_stderr(io.StringIO()):
         import paddle  # noqa: F401
 

@@ -132,7 +132,7 @@ def test_mistakes_are_user_errors(torch, tmp_path, monkeypatch):
         main([str(both)])
 
 
-def test_an_unreadable_file_ends_in_one_line(tmp_path):
+def test_an_unreadable_file_ends_in_one_line(torch, tmp_path):
     text = tmp_path / 'notes.pth'
     text.write_text('not a checkpoint')
     run = subprocess.run([sys.executable, '-m', 'util_scripts.remove_dataparallel', str(text),
