@@ -20,16 +20,14 @@ status 1; the others are converted.
 import argparse
 import os
 import re
-import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from tqdm import tqdm
 
 from utils import UserError, run_cli
-from .generate_video_jpgs import VIDEO_EXTENSIONS, extract_frames, has_all_frames
+from .generate_video_jpgs import (VIDEO_EXTENSIONS, convert_all, extract_frames,
+                                  has_all_frames, job_options, report)
 from .utils import VideoError, require_dir
 
 FRAME_NAME = re.compile(r'image_(\d+)\.jpg')
@@ -130,26 +128,6 @@ def video_process(source: Path, hdf5_path: Path, fps: Optional[float], size: int
     return 'done'
 
 
-def convert_all(pairs: List[Tuple[Path, Path]], fps: Optional[float], size: int,
-                n_jobs: int) -> Tuple[dict, List[str]]:
-    """Convert on `n_jobs` threads (each runs one ffmpeg); returns counts and failures."""
-    counts = {'done': 0, 'skipped': 0, 'failed': 0}
-    failures = []
-    executor = ThreadPoolExecutor(max_workers=n_jobs)
-    try:
-        futures = {executor.submit(video_process, source, hdf5_path, fps, size): source
-                   for source, hdf5_path in pairs}
-        for future in tqdm(as_completed(futures), total=len(futures), unit='video'):
-            try:
-                counts[future.result()] += 1
-            except (VideoError, OSError) as e:
-                counts['failed'] += 1
-                failures.append(f'{futures[future]}: {e}')
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-    return counts, sorted(failures)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='python -m util_scripts.generate_video_hdf5',
                                      description='Pack the JPEG frames of videos into hdf5 files.')
@@ -170,13 +148,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.size < 1:
-        raise UserError(f'--size must be positive, got {args.size}')
-    if args.n_jobs == 0 or args.n_jobs < -1:
-        raise UserError(f'--n_jobs must be -1 or positive, got {args.n_jobs}')
+    n_jobs, fps = job_options(args)
     import_h5py()
-    n_jobs = (os.cpu_count() or 1) if args.n_jobs == -1 else args.n_jobs
-    fps = args.fps if args.fps > 0 else None
     pairs = list_sources(require_dir(args.dir_path, 'source directory'), args.dst_path,
                          args.dataset)
     if not pairs:
@@ -184,15 +157,11 @@ def main(argv=None) -> None:
         raise UserError(f'no frame folders or videos found in {args.dir_path} ({args.dataset} '
                         f'expects {layout}/ or {layout}{VIDEO_EXTENSIONS[args.dataset]})')
     args.dst_path.mkdir(parents=True, exist_ok=True)
-
-    counts, failures = convert_all(pairs, fps, args.size, n_jobs)
-    for failure in failures:
-        print(f'failed: {failure}', file=sys.stderr)
-    print(f'{len(pairs)} videos: {counts["done"]} done, {counts["skipped"]} skipped '
-          f'(already complete), {counts["failed"]} failed; hdf5 files in {args.dst_path}')
-    if failures:
-        raise UserError(f'{len(failures)} of {len(pairs)} videos could not be converted '
-                        '(listed above)')
+    counts, failures = convert_all(
+        pairs, lambda source, hdf5_path: video_process(source, hdf5_path, fps, args.size),
+        n_jobs, errors=(VideoError, OSError))
+    report(len(pairs), counts, failures, f'hdf5 files in {args.dst_path}',
+           'could not be converted')
 
 
 if __name__ == '__main__':

@@ -23,7 +23,7 @@ import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -107,25 +107,46 @@ def video_process(video_path: Path, frame_dir: Path, fps: Optional[float], size:
     return 'done'
 
 
-def convert_all(pairs: List[Tuple[Path, Path]], fps: Optional[float], size: int,
-                n_jobs: int) -> Tuple[dict, List[str]]:
-    """Convert videos on `n_jobs` threads (each runs one ffmpeg); returns counts and failures."""
+def convert_all(pairs: List[Tuple[Path, Path]], process: Callable[[Path, Path], str],
+                n_jobs: int, errors: tuple = (VideoError,)) -> Tuple[dict, List[str]]:
+    """`process(source, destination)` of every pair on `n_jobs` threads (each runs one ffmpeg):
+    counts of its answers ('done', 'skipped') and of `errors`, and the failures' messages."""
     counts = {'done': 0, 'skipped': 0, 'failed': 0}
     failures = []
     executor = ThreadPoolExecutor(max_workers=n_jobs)
     try:
-        futures = {executor.submit(video_process, video, frame_dir, fps, size): video
-                   for video, frame_dir in pairs}
+        futures = {executor.submit(process, source, destination): source
+                   for source, destination in pairs}
         for future in tqdm(as_completed(futures), total=len(futures), unit='video'):
             try:
                 counts[future.result()] += 1
-            except VideoError as e:
+            except errors as e:
                 counts['failed'] += 1
                 failures.append(f'{futures[future]}: {e}')
     finally:
         # On Ctrl-C, drop the queued videos instead of waiting for all of them.
         executor.shutdown(wait=True, cancel_futures=True)
     return counts, sorted(failures)
+
+
+def job_options(args) -> Tuple[int, Optional[float]]:
+    """(threads, frame rate or None) of --n_jobs and --fps, after checking --size and --n_jobs."""
+    if args.size < 1:
+        raise UserError(f'--size must be positive, got {args.size}')
+    if args.n_jobs == 0 or args.n_jobs < -1:
+        raise UserError(f'--n_jobs must be -1 or positive, got {args.n_jobs}')
+    return ((os.cpu_count() or 1) if args.n_jobs == -1 else args.n_jobs,
+            args.fps if args.fps > 0 else None)
+
+
+def report(n_videos: int, counts: dict, failures: List[str], output: str, failed: str) -> None:
+    """Print the failures and a summary line; one error line when any video failed."""
+    for failure in failures:
+        print(f'failed: {failure}', file=sys.stderr)
+    print(f'{n_videos} videos: {counts["done"]} done, {counts["skipped"]} skipped '
+          f'(already complete), {counts["failed"]} failed; {output}')
+    if failures:
+        raise UserError(f'{len(failures)} of {n_videos} videos {failed} (listed above)')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -145,27 +166,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.size < 1:
-        raise UserError(f'--size must be positive, got {args.size}')
-    if args.n_jobs == 0 or args.n_jobs < -1:
-        raise UserError(f'--n_jobs must be -1 or positive, got {args.n_jobs}')
-    n_jobs = (os.cpu_count() or 1) if args.n_jobs == -1 else args.n_jobs
-    fps = args.fps if args.fps > 0 else None
+    n_jobs, fps = job_options(args)
     pairs = list_videos(require_dir(args.dir_path, 'video directory'), args.dst_path, args.dataset)
     if not pairs:
         layout = '<video>' if args.dataset == 'activitynet' else '<class>/<video>'
         raise UserError(f'no videos found in {args.dir_path} '
                         f'({args.dataset} expects {layout}{VIDEO_EXTENSIONS[args.dataset]})')
     args.dst_path.mkdir(parents=True, exist_ok=True)
-
-    counts, failures = convert_all(pairs, fps, args.size, n_jobs)
-    for failure in failures:
-        print(f'failed: {failure}', file=sys.stderr)
-    print(f'{len(pairs)} videos: {counts["done"]} done, {counts["skipped"]} skipped '
-          f'(already complete), {counts["failed"]} failed; frames in {args.dst_path}')
-    if failures:
-        raise UserError(f'{len(failures)} of {len(pairs)} videos could not be read by ffmpeg '
-                        '(listed above)')
+    counts, failures = convert_all(
+        pairs, lambda video, frame_dir: video_process(video, frame_dir, fps, args.size), n_jobs)
+    report(len(pairs), counts, failures, f'frames in {args.dst_path}',
+           'could not be read by ffmpeg')
 
 
 if __name__ == '__main__':
