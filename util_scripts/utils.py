@@ -278,7 +278,8 @@ def add_segments(database: Dict[str, dict], video_dir: Path, video_type: str = '
 
 def write_annotation(dst_path: Path, labels: List[str], database: Dict[str, dict],
                      n_missing: int) -> None:
-    """Write an annotation json (SPEC.md section 2) and say what is in it, in one line."""
+    """Write an annotation json (README: "Data and annotation format") and say what is in it,
+    in one line."""
     dst_path.parent.mkdir(parents=True, exist_ok=True)
     with dst_path.open('w') as f:
         json.dump({'labels': labels, 'database': database}, f)
