@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import paddle
 import pytest
 
 import inference
@@ -246,3 +247,44 @@ def test_export_names_the_missing_source_of_class_names(demo, tmp_path):
     with pytest.raises(UserError, match=r'annotation json of .*opts.json .*moved.json not found'):
         export_model.main(['--opts', str(tmp_path / 'opts.json'), '--weights', weights,
                            '--output', str(tmp_path)])
+
+
+def test_frame_trained_model_scores_videos_as_their_frames(demo, tmp_path):
+    """main.py --inference --file_type video on the .avi files gives the scores of the frame
+    folders within the JPEG round trip of the frames, and their top-1 where no near tie."""
+    main.main(['--root_path', str(demo), '--video_path', 'videos', '--file_type', 'video',
+               '--annotation_path', 'json/ucf101_01.json', '--result_path', str(tmp_path),
+               '--dataset', 'ucf101', '--n_classes', '4', '--model_depth', '10',
+               '--resnet_widen_factor', '0.5', '--sample_size', '32', '--sample_duration', '8',
+               '--sample_t_stride', '2', '--n_threads', '0', '--no_train', '--no_val',
+               '--resume_path', 'results/save_30.pdparams', '--inference',
+               '--inference_stride', '4', '--output_topk', '0'])
+    from_videos = json.loads((tmp_path / 'val.json').read_text())['results']
+    from_frames = json.loads((demo / 'results' / 'val.json').read_text())['results']
+    assert sorted(from_videos) == sorted(from_frames) and len(from_frames) == 8
+    differences, compared = [], 0
+    for video_id, result in from_frames.items():
+        frame_scores, video_scores = scores(result), scores(from_videos[video_id])
+        difference = max(abs(video_scores[c] - frame_scores[c]) for c in CLASSES)
+        differences.append(difference)
+        if result[0]['score'] - result[1]['score'] > 2 * difference:
+            assert from_videos[video_id][0]['label'] == result[0]['label'], video_id
+            compared += 1
+    assert 0 < max(differences) < 0.1 and compared >= 6
+    print(f'\nlargest score difference --file_type video vs frames: {max(differences):.4f}')
+
+
+def test_a_damaged_pretrained_weights_file_is_one_line(tmp_path):
+    weights = tmp_path / 'pretrain.pdparams'
+    model = paddle.nn.Linear(2, 2)
+    paddle.save(model.state_dict(), str(weights))
+    weights.write_bytes(weights.read_bytes()[:20])  # truncated
+    run = subprocess.run([sys.executable, 'main.py', '--video_path', str(tmp_path),
+                          '--annotation_path', str(tmp_path / 'a.json'), '--result_path',
+                          str(tmp_path / 'out'), '--pretrain_path', str(weights),
+                          '--n_pretrain_classes', '2'], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert lines[-1].startswith(f'error: cannot read weights {weights}'), run.stderr
+    assert 'Traceback' not in run.stderr
