@@ -56,7 +56,7 @@ def get_opt(argv=None):
         raise UserError('--lr_scheduler plateau steps on the validation loss: drop --no_val')
     if opt.dampening != 0 and not opt.nesterov:
         raise UserError("--dampening: Paddle's momentum SGD has no dampening; use 0")
-    if opt.input_type == 'flow' and opt.file_type == 'jpg':
+    if opt.input_type == 'flow' and opt.file_type != 'hdf5':
         raise UserError('--input_type flow needs --file_type hdf5')
     if opt.batchnorm_sync and not opt.distributed:
         raise UserError('--batchnorm_sync needs --distributed (it syncs BatchNorm across '
