@@ -111,7 +111,7 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
     """
     model.train()
     losses, accuracies = AverageMeter(), AverageMeter()
-    data_times, batch_times = AverageMeter(), AverageMeter()
+    data_seconds = 0.0
     if read_interval is None:
         read_interval = 1 if paddle.device.get_device() == 'cpu' else READ_INTERVAL
     start = end = time.time()
@@ -143,7 +143,7 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
         try:
             for i, (inputs, targets) in enumerate(bar):
                 data_time = time.time() - end
-                data_times.update(data_time)
+                data_seconds += data_time
                 with autocast(amp):
                     outputs = model(inputs)  # [N, n_classes]
                 loss = calculate_loss(outputs, targets)
@@ -161,9 +161,8 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
                     values = paddle.stack([loss.detach() * n,
                                            count_correct(outputs.detach(), targets),
                                            paddle.full([], n, 'float32')])
-                batch_time = time.time() - end
-                batch_times.update(batch_time)
-                end = time.time()
+                now = time.time()
+                batch_time, end = now - end, now
                 pending.append((i, values, data_time, batch_time))
                 if len(pending) >= read_interval:
                     read_pending()
@@ -179,4 +178,4 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
         tb_writer.add_scalar('train/loss', losses.avg, epoch)
         tb_writer.add_scalar('train/acc', accuracies.avg, epoch)
         tb_writer.add_scalar('train/lr', current_lr, epoch)  # the reference logged acc here
-    return EpochResult(losses.avg, accuracies.avg, time.time() - start, data_times.sum)
+    return EpochResult(losses.avg, accuracies.avg, time.time() - start, data_seconds)
