@@ -68,12 +68,17 @@ def videos(tmp_path_factory):
     encode(smooth_frames(27, 96, 72), src / 'ClassA' / 'v_mpeg4.avi', MPEG4)
     encode(smooth_frames(20, 64, 80), src / 'ClassB' / 'v_portrait.mp4', H264)
     # A display matrix: ffmpeg turns the frames upright (72x96 here), and so must we.
-    encode(smooth_frames(12, 96, 72), src / 'ClassB' / 'v_rotated.mp4', H264,
-           ['-metadata:s:v', 'rotate=90'])
-    subprocess.run([find_ffmpeg(), '-v', 'error', '-y', '-display_rotation', '90',
-                    '-i', str(src / 'ClassB' / 'v_rotated.mp4'), '-c', 'copy',
-                    str(src / 'ClassB' / 'v_rot.mp4')], check=True)
-    (src / 'ClassB' / 'v_rotated.mp4').unlink()
+    encode(smooth_frames(12, 96, 72), src / 'ClassB' / 'v_upright.mp4', H264)
+    # The display matrix is set on a stream copy: ffmpeg >= 6 with -display_rotation, older
+    # ffmpeg (Debian 12's 5.1) with the `rotate` tag, which ffmpeg >= 6 ignores.
+    upright, rotated = src / 'ClassB' / 'v_upright.mp4', src / 'ClassB' / 'v_rot.mp4'
+    for args in (['-display_rotation', '90', '-i', str(upright)],
+                 ['-i', str(upright), '-metadata:s:v:0', 'rotate=90']):
+        done = subprocess.run([find_ffmpeg(), '-v', 'quiet', '-y', *args, '-c', 'copy',
+                               str(rotated)])
+        if done.returncode == 0:
+            break
+    upright.unlink()
     return src
 
 
