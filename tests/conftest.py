@@ -1,4 +1,5 @@
 """Shared fixtures: tiny frame-folder data sets written on the fly."""
+import csv
 import json
 import sys
 import warnings
@@ -20,6 +21,12 @@ def pytest_configure(config):
     config.addinivalue_line('filterwarnings', 'ignore:No ccache found')
     config.addinivalue_line('filterwarnings',
                             'ignore:When training, we now always track global mean')
+
+
+def read_log(path) -> list:
+    """The rows of a tab-separated log (train.log, val.log, train_batch.log) as dicts."""
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f, delimiter='\t'))
 
 
 def bar_video(direction: int, n_frames: int, size: int, rng: np.random.Generator) -> list:

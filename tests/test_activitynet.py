@@ -1,7 +1,6 @@
 """--dataset activitynet: ActivityNet's json (taxonomy, segments in seconds, fps), a sample per
 segment in training and validation, a sample per whole video in inference; main.py end to end."""
 import copy
-import csv
 import io
 import json
 import subprocess
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import read_log
 import main
 from datasets import get_inference_data, get_training_data, get_validation_data
 from datasets.activitynet import count_frames
@@ -244,11 +244,6 @@ def test_video_files_are_counted_from_their_header(tmp_path):
     assert rows(data) == [('a', [4, 21], 0), ('b', [11, 20], 1)]
     assert data.data.video_path(1) == tmp_path / 'v_b.mkv'
     assert count_frames(tmp_path / 'missing.mp4').startswith('cannot be read')
-
-
-def read_log(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f, delimiter='\t'))
 
 
 def test_main_trains_validates_and_infers_on_activitynet(anet, tmp_path):

@@ -1,6 +1,5 @@
 """Data parallelism on paddle.distributed.launch (gloo on CPU): shards, one set of weights,
 one set of logs, inference equal to a single process, resume, two nodes; and the options."""
-import csv
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ import pytest
 import distributed
 import main
 from checkpoints import complete_checkpoints
-from conftest import ROOT, bar_video, make_motion_dataset, write_frames
+from conftest import ROOT, bar_video, make_motion_dataset, read_log, write_frames
 from environment import launched_world
 from opts import parse_opts
 from utils import UserError, epoch_seed
@@ -66,11 +65,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
-
-
-def read_log(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f, delimiter='\t'))
 
 
 def launch(launch_args, script, args, record_dir=None, log_dir=None, wait=True):

@@ -1,6 +1,5 @@
 """main.py under faults: kills, interrupts, full or read-only result folders, bad frames."""
 import collections
-import csv
 import os
 import random
 import re
@@ -17,7 +16,7 @@ import pytest
 
 import main
 from checkpoints import load_checkpoint
-from conftest import ROOT, make_motion_dataset
+from conftest import ROOT, make_motion_dataset, read_log
 from utils import UserError
 
 TINY = ['--dataset', 'ucf101', '--n_classes', '2', '--model_depth', '10',
@@ -64,11 +63,6 @@ def start(args, code=None, **kwargs):
 def finish(process, timeout=120):
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
-
-
-def read_log(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f, delimiter='\t'))
 
 
 def logged_iters(result_path) -> int:

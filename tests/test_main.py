@@ -1,5 +1,4 @@
 """main.py end to end on the tiny motion set: learning, files, resume, fine-tuning, CLI errors."""
-import csv
 import json
 import shutil
 import subprocess
@@ -10,18 +9,13 @@ import paddle
 import pytest
 
 import main
-from conftest import ROOT
+from conftest import ROOT, read_log
 from models import onednn
 from opts import get_parser
 
 TINY = ['--dataset', 'ucf101', '--n_classes', '2', '--model_depth', '10', '--sample_size', '32',
         '--sample_duration', '8', '--batch_size', '8', '--learning_rate', '0.01',
         '--multistep_milestones', '100', '--n_val_samples', '2']
-
-
-def read_log(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f, delimiter='\t'))
 
 
 def run(motion_data, result_path, *args):

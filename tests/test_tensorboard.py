@@ -1,9 +1,9 @@
 """main.py --tensorboard: VisualDL scalars under {result_path}/vdl, the values of the tsv logs."""
-import csv
 import sys
 
 import pytest
 
+from conftest import read_log
 import main
 from utils import UserError
 
@@ -16,11 +16,6 @@ def run(motion_data, result_path, *args):
     video_path, annotation_path = motion_data
     main.main(['--video_path', str(video_path), '--annotation_path', str(annotation_path),
                '--result_path', str(result_path), *TINY, *args])
-
-
-def read_log(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f, delimiter='\t'))
 
 
 def test_scalars_read_back_equal_the_logs(motion_data, tmp_path):
