@@ -53,7 +53,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from environment import fix_mmap_threshold, with_huge_pages
+from environment import fix_mmap_threshold, fix_worker_allocator, with_huge_pages
 from utils import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -552,6 +552,8 @@ def run_cases_here(cases: List[dict]) -> None:
     results = []
     if any(case['impl'] == 'paddle' for case in cases):
         fix_mmap_threshold()  # as main.py does (environment.set_cpu_math_env)
+    if all(case['job'] == 'data' for case in cases):
+        fix_worker_allocator()  # as main.py's loader workers do (utils.WorkerSeeder)
     for case in cases:
         random.seed(0)
         try:
