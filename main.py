@@ -1,8 +1,7 @@
 """Fine-tune, validate and run inference with a 3D CNN: the toolkit's one entry point."""
 import environment
 
-# before anything imports Paddle: math threads, allocator, and (run as a command) huge pages
-environment.setup(restart_with_huge_pages=__name__ == '__main__')
+environment.setup()  # before anything imports Paddle: math threads, allocator
 
 import json  # noqa: E402
 import signal  # noqa: E402

@@ -12,8 +12,6 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from environment import fix_worker_allocator
-
 
 class UserError(Exception):
     """A mistake in the user's input (a path, an option, a file):
@@ -243,7 +241,6 @@ class WorkerSeeder:
         self.seed = seed  # set per epoch (and process) by the training loop
 
     def __call__(self, worker_id: int) -> None:
-        fix_worker_allocator()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, exit_quietly)
         seed = self.seed + 7919 * (worker_id + 1)

@@ -7,7 +7,6 @@ import pytest
 
 from models import onednn
 from models.resnet import ReLU, generate_model
-from environment import HUGE_PAGES, with_huge_pages
 
 pytestmark = [pytest.mark.skipif(onednn.load_error() is not None,
                                  reason=f'oneDNN not loadable: {onednn.load_error()}'),
@@ -132,14 +131,3 @@ def test_in_place_relu_gives_relus_gradients():
         grads.append((y.numpy(), x.grad.numpy(), bn.weight.grad.numpy()))
     for actual, expected in zip(*grads):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_huge_pages_are_asked_for_once():
-    environ = {}
-    assert with_huge_pages(environ) and environ['GLIBC_TUNABLES'] == HUGE_PAGES
-    assert not with_huge_pages(environ)  # the restarted process does not restart again
-    environ = {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}
-    assert with_huge_pages(environ)
-    assert environ['GLIBC_TUNABLES'] == f'glibc.malloc.arena_max=2:{HUGE_PAGES}'
-    environ = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}  # the user's choice stays
-    assert not with_huge_pages(environ) and environ['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=0'

@@ -6,9 +6,8 @@
         [--dataset ucf101] [--data_videos 16]]
 
 Every measurement runs in a subprocess of its own, so that its peak RSS (getrusage) is its own;
-the subprocess sets the math threads, the MKL switch, huge pages and the mmap threshold for
-Paddle before it imports Paddle or PyTorch, the way main.py does (PyTorch runs as its users run
-it). Rows:
+the subprocess sets the math threads, the MKL switch and glibc's allocator for Paddle before it
+imports Paddle or PyTorch, the way main.py does (PyTorch runs as its users run it). Rows:
 
     train   one SGD step (forward, cross-entropy, backward, momentum step) on random clips
     infer   logits of random clips in eval mode without gradients; GFLOP/s counts the
@@ -53,7 +52,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from environment import fix_mmap_threshold, fix_worker_allocator, with_huge_pages
+from environment import keep_freed_memory
 from utils import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -551,9 +550,7 @@ def run_cases_here(cases: List[dict]) -> None:
     """Subprocess side: measure each case and print one tagged json line of results."""
     results = []
     if any(case['impl'] == 'paddle' for case in cases):
-        fix_mmap_threshold()  # as main.py does (environment.set_cpu_math_env)
-    if all(case['job'] == 'data' for case in cases):
-        fix_worker_allocator()  # as main.py's loader workers do (utils.WorkerSeeder)
+        keep_freed_memory()  # as main.py does (environment.set_cpu_math_env)
     for case in cases:
         random.seed(0)
         try:
@@ -600,14 +597,12 @@ def is_amd() -> bool:
         return False
 
 
-def child_env(threads: int, mkl_fix: bool, huge_pages: bool) -> dict:
+def child_env(threads: int, mkl_fix: bool) -> dict:
     """Environment of a measuring subprocess: set before it imports Paddle or PyTorch."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     env.pop('MKL_DEBUG_CPU_TYPE', None)
     if mkl_fix:
         env['MKL_DEBUG_CPU_TYPE'] = '5'  # MKL's AVX2 kernels on AMD, not its slow generic path
-    if huge_pages:  # as main.py starts (environment.with_huge_pages)
-        with_huge_pages(env)
     return env
 
 
@@ -679,7 +674,7 @@ def run_cases(cases: List[dict], args) -> List[dict]:
         groups.setdefault(key, []).append(i)
     for indices in groups.values():
         impl = cases[indices[0]]['impl']
-        env = child_env(args.threads, args.mkl_fix and impl == 'paddle', impl == 'paddle')
+        env = child_env(args.threads, args.mkl_fix and impl == 'paddle')
         for i, result in zip(indices, run_subprocess([cases[i] for i in indices], env)):
             results[i] = result
             status = result.get('error', 'ok')
