@@ -303,10 +303,13 @@ class _Pass(NamedTuple):
     scratchpad_bytes: int
 
 
-def _bfloat16_weights_pass(key: _PlanKey) -> bool:
-    """Whether the backward-weights pass of plan `key` reads bfloat16 (see `_Plan`)."""
-    return key.dtype == 'bfloat16' and all(
-        size >= kernel for size, kernel in zip(key.x_shape[2:], key.w_shape[2:]))
+def _weights_pass_padding(key: _PlanKey) -> tuple:
+    """The zeros a bfloat16 plan adds around x, per spatial dimension, before its
+    backward-weights pass (which then pads by the rest of `key.padding`): enough that no kernel
+    is deeper, taller or wider than the input it reads (see `_Plan`). A valid convolution's
+    padding always suffices: its output is at least 1 long, so size + 2 x padding >= kernel."""
+    return tuple(p if key.dtype == 'bfloat16' and size < kernel else 0
+                 for size, kernel, p in zip(key.x_shape[2:], key.w_shape[2:], key.padding))
 
 
 class _Plan:
@@ -314,8 +317,14 @@ class _Plan:
 
     Its methods take the addresses of plain float32 data and write plain float32 results. The
     primitives read src, weights and diff_dst in `key.dtype` (the reorders convert them) and
-    write float32 dst, diff_src and diff_weights; in bfloat16, the backward-weights pass of a
-    kernel deeper, taller or wider than its input reads float32 (`_bfloat16_weights_pass`).
+    write float32 dst, diff_src and diff_weights.
+
+    oneDNN 3.6's bfloat16 backward-weights kernel (jit avx512_core_bf16) returns garbage when the
+    kernel is deeper (taller, wider) than the input it slides over, as R3D's layer3 and layer4
+    at 16 frames (depth 2 and 1, kernel 3). Such a plan pads x with zeros in those dimensions
+    itself (a copy in `self.padded`: the same weight gradient) and runs that pass with the rest
+    of the padding (`_weights_pass_padding`), in bfloat16 (in float32 it took 4-8x the time of
+    the forward pass).
     """
 
     def __init__(self, library: _Library, key: _PlanKey):
@@ -333,7 +342,8 @@ class _Plan:
         shapes = (self.x_shape, self.w_shape, self.y_shape)
         x, w, y = (library.desc(s, dnnl_format_tag_any, _DNNL_TYPES[dtype]) for s in shapes)
         x32, w32, y32 = (library.desc(s, dnnl_format_tag_any) for s in shapes)  # results
-        forward_pd, data_pd, weights_pd = self.pds = _c(), _c(), _c()
+        forward_pd, data_pd, weights_pd = _c(), _c(), _c()
+        self.pds = [forward_pd, data_pd, weights_pd]
         self.descs = [x, w, y, x32, w32, y32]
         library.call('dnnl_convolution_forward_primitive_desc_create', ctypes.byref(forward_pd),
                      library.engine, dnnl_forward_training, dnnl_convolution_direct,
@@ -341,19 +351,35 @@ class _Plan:
         library.call('dnnl_convolution_backward_data_primitive_desc_create',
                      ctypes.byref(data_pd), library.engine, dnnl_convolution_direct,
                      x32, w, y, *geometry, forward_pd, library.attr)
-        # oneDNN 3.6's bfloat16 backward-weights kernel (jit avx512_core_bf16) returns garbage
-        # when the kernel is deeper than the input it slides over (e.g. R3D's layer4 at 16
-        # frames: depth 2, kernel 3): such a convolution computes its weight gradient in float32
-        weights_src, weights_dy = (x, y) if _bfloat16_weights_pass(key) else (x32, y32)
+        added = _weights_pass_padding(key)
+        self.padded = None  # x with the zeros of `added` around it, for the weights pass
+        weights_x, weights_x_shape, weights_hint = x, self.x_shape, forward_pd
+        if any(added):
+            weights_x_shape = [*self.x_shape[:2],
+                               *[size + 2 * a for size, a in zip(self.x_shape[2:], added)]]
+            self.padded = np.zeros(weights_x_shape, np.float32)
+            self.interior = (slice(None), slice(None),
+                             *[slice(a, a + size) for a, size in zip(added, self.x_shape[2:])])
+            rest = _Dims(*[p - a for p, a in zip(padding, added)])
+            geometry = (*geometry[:2], rest, rest)
+            weights_x = library.desc(weights_x_shape, dnnl_format_tag_any, _DNNL_TYPES[dtype])
+            weights_hint = _c()  # oneDNN wants the forward pass of the same geometry as a hint
+            self.pds.append(weights_hint)
+            self.descs.append(weights_x)
+            library.call('dnnl_convolution_forward_primitive_desc_create',
+                         ctypes.byref(weights_hint), library.engine, dnnl_forward_training,
+                         dnnl_convolution_direct, weights_x, w, None, y32, *geometry,
+                         library.attr)
         library.call('dnnl_convolution_backward_weights_primitive_desc_create',
                      ctypes.byref(weights_pd), library.engine, dnnl_convolution_direct,
-                     weights_src, w32, None, weights_dy, *geometry, forward_pd, library.attr)
+                     weights_x, w32, None, y, *geometry, weights_hint, library.attr)
         shapes = {'src': self.x_shape, 'diff_src': self.x_shape, 'weights': self.w_shape,
                   'diff_weights': self.w_shape, 'dst': self.y_shape, 'diff_dst': self.y_shape}
         for name, pd, args in (('forward', forward_pd, ('src', 'weights', 'dst')),
                                ('data', data_pd, ('diff_dst', 'weights', 'diff_src')),
                                ('weights', weights_pd, ('src', 'diff_dst', 'diff_weights'))):
-            operands = {a: _Operand(library, shapes[a], library.query(pd, a)) for a in args}
+            operands = {a: _Operand(library, weights_x_shape if (name, a) == ('weights', 'src')
+                                    else shapes[a], library.query(pd, a)) for a in args}
             scratchpad = library.query(pd, 'scratchpad')
             self.passes[name] = _Pass(library.primitive(pd), operands, scratchpad,
                                       library.size(scratchpad))
@@ -397,6 +423,10 @@ class _Plan:
         if grad_w is not None:
             grad_y_loaded = self.passes['weights'].operands['diff_dst'].load(
                 grad_y, _SLOTS['weights']['diff_dst'])
+            if self.padded is not None:
+                self.padded[self.interior] = np.ctypeslib.as_array(
+                    ctypes.cast(x, ctypes.POINTER(ctypes.c_float)), shape=self.x_shape)
+                x = self.padded.ctypes.data
             self.run('weights', {'src': x}, 'diff_weights', grad_w,
                      {'diff_dst': grad_y_loaded})
         if grad_x is not None:

@@ -88,13 +88,14 @@ def test_bfloat16_convolution_and_gradients(x_shape, w_shape, stride, padding, g
 
 @needs_bfloat16
 @pytest.mark.parametrize('x_shape, w_shape', [
-    ([2, 64, 2, 4, 4], [64, 64, 3, 3, 3]),  # R3D's layer4 at 16 frames: depth 2, kernel 3
+    ([2, 64, 2, 7, 7], [64, 64, 3, 3, 3]),  # R3D's layer3 at 16 frames: depth 2, kernel 3
+    ([2, 64, 1, 4, 4], [64, 64, 3, 3, 3]),  # and its layer4: depth 1
     ([2, 16, 2, 7, 7], [16, 16, 3, 1, 1]),  # (2+1)D's temporal convolution there
     ([2, 16, 4, 2, 2], [16, 16, 3, 3, 3]),
 ])
 def test_weight_gradient_of_a_kernel_deeper_than_its_input(x_shape, w_shape):
     # oneDNN 3.6's bfloat16 backward-weights kernel returned garbage here (1e29 on a 2-core
-    # AMD EPYC, different every call): such convolutions take their weight gradient in float32
+    # AMD EPYC, different every call): the plan pads x itself for that pass
     rng = np.random.default_rng(1)
     x = rng.standard_normal(x_shape, dtype=np.float32)
     w = rng.standard_normal(w_shape, dtype=np.float32)
@@ -108,7 +109,7 @@ def test_weight_gradient_of_a_kernel_deeper_than_its_input(x_shape, w_shape):
     exact = conv_with_grads(conv, x, w, grad_y)
     for name, a, b, e in zip(('y', 'grad x', 'grad w'), first, second, exact):
         np.testing.assert_array_equal(a, b, err_msg=name)  # the same every call
-        assert relative(a, e) < 2e-2, name
+        assert 1e-4 < relative(a, e) < 2e-2, name  # in bfloat16, and right
 
 
 @needs_bfloat16
