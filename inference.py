@@ -1,8 +1,9 @@
 """Clip-level inference, averaged per video, written as the reference's result json.
 
 On CPU the clips run through a Paddle Inference predictor with oneDNN (the model exported with
-`paddle.jit.save`): about 3x Paddle's dygraph on a 2-core machine, outputs within 1e-5 relative.
-Elsewhere, or when the export fails, they run in dygraph.
+`paddle.jit.save`, BN folded into the convolutions): per clip 1.05-1.17x our dygraph model (whose
+convolutions run on oneDNN too), for about 2 s of export and set-up; outputs within 1e-5
+relative. Elsewhere, or when the export fails, they run in dygraph.
 """
 import contextlib
 import copy
@@ -129,8 +130,7 @@ class Predictor:
     """A Paddle Inference predictor of a model saved with `paddle.jit.save` under `prefix`:
     logits [N, n_classes] of clips [N, C, T, H, W].
 
-    On CPU it runs with oneDNN (about 3x dygraph for 3D convolutions on a 2-core machine); with
-    `use_gpu`, on GPU 0.
+    On CPU it runs with oneDNN; with `use_gpu`, on GPU 0.
     """
 
     def __init__(self, prefix: Path, use_gpu: bool = False, threads: Optional[int] = None):
