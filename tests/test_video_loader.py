@@ -80,6 +80,8 @@ def videos(tmp_path_factory):
                                str(rotated)])
         if done.returncode == 0:
             break
+    else:
+        raise RuntimeError(f'{find_ffmpeg()} sets no display matrix either way')
     upright.unlink()
     return src
 
