@@ -15,6 +15,8 @@ import warnings
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 # The largest trim threshold mallopt takes (an int): the heap is practically never trimmed.
 KEEP_BYTES = 2 ** 31 - 1
+# glibc's own variables for these settings: where the user sets one, glibc keeps theirs.
+USER_MALLOC_SETTINGS = ('MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_')
 
 
 def setup(environ=os.environ) -> None:
@@ -72,11 +74,12 @@ def set_cpu_math_env(environ=os.environ) -> None:
     environ.setdefault('OMP_NUM_THREADS', str(threads))
     if is_amd_cpu():
         environ.setdefault('MKL_DEBUG_CPU_TYPE', '5')
-    keep_freed_memory()
+    keep_freed_memory(environ)
 
 
-def keep_freed_memory() -> None:
-    """Let glibc's malloc keep freed memory for the next use (Linux; a no-op elsewhere).
+def keep_freed_memory(environ=os.environ) -> None:
+    """Let glibc's malloc keep freed memory for the next use (Linux; a no-op elsewhere, and
+    where the user sets glibc's mmap or trim settings: `USER_MALLOC_SETTINGS`).
 
     Paddle's CPU tensors come straight from malloc, and glibc serves large blocks with mmap and
     unmaps them on free: each training step page-faults and zeroes its activations anew, a few
@@ -85,9 +88,15 @@ def keep_freed_memory() -> None:
     (before: a 1 MB mmap threshold with transparent huge pages): R3D-18 training step 2.02 ->
     1.70 s in float32, 1.30 -> 1.15 s in bfloat16; R3D-50 3.87 -> 2.60 s and 2.04 -> 1.71 s;
     steps within 3% of each other instead of up to 30%. The price: the process keeps its peak
-    (R3D-18 1.31 -> 1.55 GB, R3D-50 2.13 -> 2.63 GB, flat over 40 steps). Loader workers,
-    forked, inherit it: their clips and batches are reused too.
+    (R3D-18 1.31 -> 1.55 GB, R3D-50 2.13 -> 2.6 GB, flat over 40 steps). The model runs on the
+    main thread, whose heap grows without limit; other threads' heaps stop at 64 MB, and their
+    larger blocks still come from mmap. Loader workers call it too (`utils.WorkerSeeder`): their
+    clips and batches are reused.
     """
+    tunables = environ.get('GLIBC_TUNABLES', '')
+    if any(name in environ for name in USER_MALLOC_SETTINGS) or any(
+            f'glibc.malloc.{name}' in tunables for name in ('mmap_max', 'trim_threshold')):
+        return
     try:
         import ctypes
         libc = ctypes.CDLL('libc.so.6')

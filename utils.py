@@ -12,6 +12,8 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from environment import keep_freed_memory
+
 
 class UserError(Exception):
     """A mistake in the user's input (a path, an option, a file):
@@ -241,6 +243,7 @@ class WorkerSeeder:
         self.seed = seed  # set per epoch (and process) by the training loop
 
     def __call__(self, worker_id: int) -> None:
+        keep_freed_memory()  # inherited when forked; not when started by spawn or forkserver
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, exit_quietly)
         seed = self.seed + 7919 * (worker_id + 1)

@@ -322,7 +322,8 @@ class _Plan:
     oneDNN 3.6's bfloat16 backward-weights kernel (jit avx512_core_bf16) returns garbage when the
     kernel is deeper (taller, wider) than the input it slides over, as R3D's layer3 and layer4
     at 16 frames (depth 2 and 1, kernel 3). Such a plan pads x with zeros in those dimensions
-    itself (a copy in `self.padded`: the same weight gradient) and runs that pass with the rest
+    itself (a copy in `self.padded`, made on the first backward pass and kept with the plan, at
+    most a few times the plan's x: the same weight gradient) and runs that pass with the rest
     of the padding (`_weights_pass_padding`), in bfloat16 (in float32 it took 4-8x the time of
     the forward pass).
     """
@@ -352,14 +353,15 @@ class _Plan:
                      ctypes.byref(data_pd), library.engine, dnnl_convolution_direct,
                      x32, w, y, *geometry, forward_pd, library.attr)
         added = _weights_pass_padding(key)
-        self.padded = None  # x with the zeros of `added` around it, for the weights pass
+        # x with the zeros of `added` around it, for the weights pass (made on first use)
+        self.padded, self.padded_shape = None, None
         weights_x, weights_x_shape, weights_hint = x, self.x_shape, forward_pd
         if any(added):
             weights_x_shape = [*self.x_shape[:2],
                                *[size + 2 * a for size, a in zip(self.x_shape[2:], added)]]
-            self.padded = np.zeros(weights_x_shape, np.float32)
             self.interior = (slice(None), slice(None),
                              *[slice(a, a + size) for a, size in zip(added, self.x_shape[2:])])
+            self.padded_shape = weights_x_shape
             rest = _Dims(*[p - a for p, a in zip(padding, added)])
             geometry = (*geometry[:2], rest, rest)
             weights_x = library.desc(weights_x_shape, dnnl_format_tag_any, _DNNL_TYPES[dtype])
@@ -423,7 +425,9 @@ class _Plan:
         if grad_w is not None:
             grad_y_loaded = self.passes['weights'].operands['diff_dst'].load(
                 grad_y, _SLOTS['weights']['diff_dst'])
-            if self.padded is not None:
+            if self.padded_shape is not None:
+                if self.padded is None:
+                    self.padded = np.zeros(self.padded_shape, np.float32)
                 self.padded[self.interior] = np.ctypeslib.as_array(
                     ctypes.cast(x, ctypes.POINTER(ctypes.c_float)), shape=self.x_shape)
                 x = self.padded.ctypes.data
