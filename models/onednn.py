@@ -43,17 +43,17 @@ dnnl_stream_in_order = 1  # dnnl_stream_flags_t
 dnnl_bf16, dnnl_f32 = 2, 3  # dnnl_data_type_t
 dnnl_format_tag_any = 1  # dnnl_format_tag_t: the primitive picks the layout
 dnnl_ab, dnnl_abcde, dnnl_abcdef = 3, 6, 7  # dnnl_format_tag_t: plain (row-major) layouts
-dnnl_forward_training = 64  # dnnl_prop_kind_t
-dnnl_convolution_direct = 1  # dnnl_alg_kind_t
+dnnl_forward_training, dnnl_forward_inference = 64, 96  # dnnl_prop_kind_t
+dnnl_convolution_direct, dnnl_pooling_max = 1, 0x1ff  # dnnl_alg_kind_t
 dnnl_scratchpad_mode_user = 1  # dnnl_scratchpad_mode_t: scratch memory passed at execution
 dnnl_query_src_md, dnnl_query_diff_src_md = 129, 130  # dnnl_query_t
 dnnl_query_weights_md, dnnl_query_diff_weights_md = 131, 132
 dnnl_query_dst_md, dnnl_query_diff_dst_md = 133, 134
-dnnl_query_scratchpad_md = 136
+dnnl_query_workspace_md, dnnl_query_scratchpad_md = 135, 136
 DNNL_ARG_SRC, DNNL_ARG_DST, DNNL_ARG_WEIGHTS = 1, 17, 33  # execution argument indices
 DNNL_ARG_DIFF_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS = 129, 145, 161
 DNNL_ARG_FROM, DNNL_ARG_TO = DNNL_ARG_SRC, DNNL_ARG_DST  # a reorder's source and destination
-DNNL_ARG_SCRATCHPAD = 80
+DNNL_ARG_WORKSPACE, DNNL_ARG_SCRATCHPAD = 64, 80
 DNNL_MAX_NDIMS = 12
 dnnl_cpu_isa_avx512_core_bf16 = 0xE7  # dnnl_cpu_isa_t: a bit mask, included in the AMX ISAs'
 
@@ -64,11 +64,11 @@ PLAIN_TAGS = {2: dnnl_ab, 5: dnnl_abcde, 6: dnnl_abcdef}
 ARGS = {'src': DNNL_ARG_SRC, 'dst': DNNL_ARG_DST, 'weights': DNNL_ARG_WEIGHTS,
         'diff_src': DNNL_ARG_DIFF_SRC, 'diff_dst': DNNL_ARG_DIFF_DST,
         'diff_weights': DNNL_ARG_DIFF_WEIGHTS, 'from': DNNL_ARG_FROM, 'to': DNNL_ARG_TO,
-        'scratchpad': DNNL_ARG_SCRATCHPAD}
+        'scratchpad': DNNL_ARG_SCRATCHPAD, 'workspace': DNNL_ARG_WORKSPACE}
 _QUERIES = {'src': dnnl_query_src_md, 'diff_src': dnnl_query_diff_src_md,
             'weights': dnnl_query_weights_md, 'diff_weights': dnnl_query_diff_weights_md,
             'dst': dnnl_query_dst_md, 'diff_dst': dnnl_query_diff_dst_md,
-            'scratchpad': dnnl_query_scratchpad_md}
+            'scratchpad': dnnl_query_scratchpad_md, 'workspace': dnnl_query_workspace_md}
 
 # Plans (primitives) kept per convolution shape; training uses a handful of shapes.
 PLAN_CACHE_SIZE = 256
@@ -116,6 +116,10 @@ _SIGNATURES = {
         _status, [_out, _c, _int, _c, _c, _c, *_GEOMETRY, _c, _c]),
     'dnnl_convolution_backward_weights_primitive_desc_create': (
         _status, [_out, _c, _int, _c, _c, _c, _c, *_GEOMETRY, _c, _c]),
+    'dnnl_pooling_forward_primitive_desc_create': (  # strides, kernel, dilation, padding l/r
+        _status, [_out, _c, _int, _int, _c, _c, *[_dims] * 5, _c]),
+    'dnnl_pooling_backward_primitive_desc_create': (
+        _status, [_out, _c, _int, _c, _c, *[_dims] * 5, _c, _c]),
     'dnnl_matmul_primitive_desc_create': (_status, [_out, _c, _c, _c, _c, _c, _c]),
     'dnnl_primitive_desc_query_md': (_c, [_c, _int, _int]),
     'dnnl_primitive_desc_destroy': (_status, [_c]),
@@ -698,4 +702,147 @@ class Conv3D(paddle.nn.Conv3D):
                 and self._padding_mode == 'zeros' and list(self._dilation) == [1, 1, 1]
                 and enabled()):  # last: loads the library
             return list(padding)
+        return None
+
+
+# --- Max pooling ------------------------------------------------------------------------------
+
+class _PoolPlan:
+    """oneDNN's max pooling of one shape on Paddle's plain NCDHW float32 tensors: forward (in
+    training with its workspace, the position of each maximum) and backward. For R3D's stem,
+    [8, 64, 16, 56, 56] with kernel 3, stride 2, padding 1: 6 + 8 ms forward + backward against
+    41 + 79 ms for Paddle's CPU kernel (2-core AMD EPYC)."""
+
+    def __init__(self, library: _Library, x_shape, kernel, stride, padding, training: bool):
+        self.library = library
+        self.y_shape = [*x_shape[:2], *[(size + 2 * p - k) // st + 1 for size, k, st, p
+                                        in zip(x_shape[2:], kernel, stride, padding)]]
+        self.x_md, self.y_md = (library.desc(shape, dnnl_abcde)
+                                for shape in (x_shape, self.y_shape))
+        geometry = (_Dims(*stride), _Dims(*kernel), _Dims(0, 0, 0), _Dims(*padding),
+                    _Dims(*padding))
+        forward_pd = _c()
+        library.call('dnnl_pooling_forward_primitive_desc_create', ctypes.byref(forward_pd),
+                     library.engine, dnnl_forward_training if training else dnnl_forward_inference,
+                     dnnl_pooling_max, self.x_md, self.y_md, *geometry, library.attr)
+        self.pds = [forward_pd]
+        self.ws_md = library.query(forward_pd, 'workspace') if training else None
+        self.ws_bytes = library.size(self.ws_md) if training else 0
+        self.passes = {'forward': self._pass(forward_pd)}
+        if training:
+            backward_pd = _c()
+            library.call('dnnl_pooling_backward_primitive_desc_create', ctypes.byref(backward_pd),
+                         library.engine, dnnl_pooling_max, self.x_md, self.y_md, *geometry,
+                         forward_pd, library.attr)
+            self.pds.append(backward_pd)
+            self.passes['backward'] = self._pass(backward_pd)
+
+    def _pass(self, pd: _c) -> _Pass:
+        scratchpad = self.library.query(pd, 'scratchpad')
+        return _Pass(self.library.primitive(pd), {}, scratchpad, self.library.size(scratchpad))
+
+    def __del__(self):
+        try:
+            self.library.destroy([p.primitive for p in self.passes.values()], self.pds,
+                                 [self.x_md, self.y_md])
+        except Exception:  # at interpreter exit, ctypes may be gone first
+            pass
+
+    def run(self, name: str, memories: dict) -> None:
+        step = self.passes[name]
+        if step.scratchpad_bytes:
+            memories['scratchpad'] = self.library.memory(
+                step.scratchpad, _workspace(_SCRATCHPAD_SLOT, step.scratchpad_bytes))
+        self.library.execute(step.primitive, memories)
+        self.library.release()
+
+    def forward(self, x: paddle.Tensor):
+        """(y, the workspace for `backward`: None outside training)."""
+        y = _empty(self.y_shape, x.place)
+        memories = {'src': self.library.memory(self.x_md, x.data_ptr()),
+                    'dst': self.library.memory(self.y_md, y.data_ptr())}
+        workspace = None
+        if self.ws_md is not None:
+            workspace = paddle._C_ops.empty([max(1, self.ws_bytes)], paddle.uint8, x.place)
+            memories['workspace'] = self.library.memory(self.ws_md, workspace.data_ptr())
+        self.run('forward', memories)
+        return y, workspace
+
+    def backward(self, grad_y: paddle.Tensor, workspace: paddle.Tensor, x_shape):
+        grad_x = _empty(x_shape, grad_y.place)
+        self.run('backward', {'diff_dst': self.library.memory(self.y_md, grad_y.data_ptr()),
+                              'diff_src': self.library.memory(self.x_md, grad_x.data_ptr()),
+                              'workspace': self.library.memory(self.ws_md,
+                                                               workspace.data_ptr())})
+        return grad_x
+
+
+_pool_plans: 'collections.OrderedDict[tuple, _PoolPlan]' = collections.OrderedDict()
+
+
+def _pool_plan(*key) -> _PoolPlan:
+    plan = _pool_plans.get(key)
+    if plan is None:
+        plan = _pool_plans[key] = _PoolPlan(library(), *key)
+        if len(_pool_plans) > PLAN_CACHE_SIZE:
+            _pool_plans.popitem(last=False)
+    else:
+        _pool_plans.move_to_end(key)
+    return plan
+
+
+class _MaxPooling(PyLayer):
+    @staticmethod
+    def forward(ctx, x, plan):
+        with _lock:
+            y, ctx.workspace = plan.forward(x)
+        ctx.plan, ctx.x_shape = plan, list(x.shape)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        if hasattr(grad_y, 'contiguous'):
+            grad_y = grad_y.contiguous()
+        with _lock:
+            return ctx.plan.backward(grad_y, ctx.workspace, ctx.x_shape)
+
+
+class MaxPool3D(paddle.nn.MaxPool3D):
+    """`paddle.nn.MaxPool3D` whose dygraph forward (and backward) runs on oneDNN when it can:
+    float32 NCDHW on the CPU, one kernel size, stride and padding per dimension, no ceil mode,
+    no mask."""
+
+    def forward(self, x):
+        geometry = self._onednn_geometry(x)
+        if geometry is None:  # Paddle 2.6's paddle.jit rewrites this code: no zero-argument super()
+            return paddle.nn.MaxPool3D.forward(self, x)
+        if hasattr(x, 'contiguous'):
+            x = x.contiguous()
+        training = paddle.is_grad_enabled() and not x.stop_gradient
+        try:
+            with _lock:
+                plan = _pool_plan(tuple(x.shape), *geometry, training)
+        except OneDNNError:  # a shape oneDNN has no implementation for: Paddle's kernel
+            return paddle.nn.MaxPool3D.forward(self, x)
+        if training:
+            return _MaxPooling.apply(x, plan)
+        with _lock:
+            return plan.forward(x)[0]
+
+    @paddle.jit.not_to_static  # plain Python under paddle.jit: None there
+    def _onednn_geometry(self, x) -> Optional[tuple]:
+        """(kernel, stride, padding) per dimension when oneDNN can pool `x`, else None."""
+        def triple(value):
+            value = [value] * 3 if isinstance(value, int) else value
+            ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+                isinstance(v, int) for v in value)
+            return tuple(value) if ok else None
+        kernel = triple(self.ksize)
+        stride = triple(self.stride if self.stride is not None else self.ksize)
+        padding = triple(self.padding)
+        if None in (kernel, stride, padding) or self.ceil_mode or self.return_mask:
+            return None
+        if (paddle.in_dynamic_mode() and _on_cpu(x) and x.dtype == paddle.float32
+                and len(x.shape) == 5 and self.data_format == 'NCDHW' and enabled()):
+            return kernel, stride, padding
         return None

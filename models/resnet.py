@@ -10,7 +10,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .onednn import Conv3D
+from .onednn import Conv3D, MaxPool3D
 
 
 def get_inplanes():
@@ -139,7 +139,7 @@ class ResNet(nn.Layer):
 
         self._make_stem(n_input_channels, conv1_t_size, conv1_t_stride)
         self.relu = ReLU()
-        self.maxpool = nn.MaxPool3D(kernel_size=3, stride=2, padding=1)
+        self.maxpool = MaxPool3D(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, block_inplanes[0], layers[0], shortcut_type)
         self.layer2 = self._make_layer(block, block_inplanes[1], layers[1], shortcut_type, stride=2)
         self.layer3 = self._make_layer(block, block_inplanes[2], layers[2], shortcut_type, stride=2)

@@ -131,3 +131,30 @@ def test_in_place_relu_gives_relus_gradients():
         grads.append((y.numpy(), x.grad.numpy(), bn.weight.grad.numpy()))
     for actual, expected in zip(*grads):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape, kernel, stride, padding', [
+    ([2, 8, 8, 14, 14], 3, 2, 1),  # R3D's stem pooling
+    ([1, 4, 5, 9, 7], 3, 2, 1),  # odd sizes: the last window hangs over the padding
+    ([2, 3, 4, 6, 6], [1, 3, 3], [1, 2, 2], [0, 1, 1]),
+])
+def test_max_pooling_and_its_gradient_equal_paddles(shape, kernel, stride, padding):
+    rng = np.random.default_rng(0)
+    x_value = rng.standard_normal(shape, dtype=np.float32)
+    results = []
+    for pool in (onednn.MaxPool3D(kernel, stride, padding),
+                 paddle.nn.MaxPool3D(kernel, stride, padding)):
+        x = paddle.to_tensor(x_value, stop_gradient=False)
+        y = pool(x)
+        grad_y = paddle.to_tensor(rng.standard_normal(y.shape, dtype=np.float32)
+                                  if not results else results[0][2])
+        (y * grad_y).sum().backward()
+        results.append((y.numpy(), x.grad.numpy(), grad_y.numpy()))
+    (y, grad_x, _), (expected_y, expected_grad_x, _) = results
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_allclose(grad_x, expected_grad_x, rtol=1e-6, atol=1e-6)
+    with paddle.no_grad():  # inference: no workspace, the same maxima
+        np.testing.assert_array_equal(
+            onednn.MaxPool3D(kernel, stride, padding)(paddle.to_tensor(x_value)).numpy(),
+            expected_y)
+    assert any(key[0] == tuple(shape) for key in onednn._pool_plans)  # it ran on oneDNN
