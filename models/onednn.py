@@ -565,16 +565,21 @@ class compute_dtype:
         _state.dtype = self.previous
 
 
-def _plan(key: _PlanKey) -> _Plan:
-    """The cached plan of `key` (made on first use; the least recently used one leaves)."""
-    plan = _plans.get(key)
+def _cached(cache: collections.OrderedDict, key, make):
+    """`cache[key]`, made by `make()` on first use; the least recently used entry leaves."""
+    plan = cache.get(key)
     if plan is None:
-        plan = _plans[key] = _Plan(library(), key)
-        if len(_plans) > PLAN_CACHE_SIZE:
-            _plans.popitem(last=False)
+        plan = cache[key] = make()
+        if len(cache) > PLAN_CACHE_SIZE:
+            cache.popitem(last=False)
     else:
-        _plans.move_to_end(key)
+        cache.move_to_end(key)
     return plan
+
+
+def _plan(key: _PlanKey) -> _Plan:
+    """The cached plan of `key`."""
+    return _cached(_plans, key, lambda: _Plan(library(), key))
 
 
 class _Chunk(NamedTuple):
@@ -781,14 +786,7 @@ _pool_plans: 'collections.OrderedDict[tuple, _PoolPlan]' = collections.OrderedDi
 
 
 def _pool_plan(*key) -> _PoolPlan:
-    plan = _pool_plans.get(key)
-    if plan is None:
-        plan = _pool_plans[key] = _PoolPlan(library(), *key)
-        if len(_pool_plans) > PLAN_CACHE_SIZE:
-            _pool_plans.popitem(last=False)
-    else:
-        _pool_plans.move_to_end(key)
-    return plan
+    return _cached(_pool_plans, key, lambda: _PoolPlan(library(), *key))
 
 
 class _MaxPooling(PyLayer):
@@ -807,6 +805,25 @@ class _MaxPooling(PyLayer):
             return ctx.plan.backward(grad_y, ctx.workspace, ctx.x_shape)
 
 
+@paddle.jit.not_to_static  # Paddle 2.6's paddle.jit cannot rewrite this code, nor need it
+def max_pool3d(x: paddle.Tensor, kernel, stride, padding) -> paddle.Tensor:
+    """`paddle.nn.functional.max_pool3d(x, kernel, stride, padding)` of a float32 NCDHW tensor
+    on the CPU, on oneDNN (Paddle's kernel where oneDNN has no implementation)."""
+    if hasattr(x, 'contiguous'):
+        x = x.contiguous()
+    training = paddle.is_grad_enabled() and not x.stop_gradient
+    try:
+        with _lock:
+            plan = _pool_plan(tuple(x.shape), kernel, stride, padding, training)
+    except OneDNNError:
+        return paddle.nn.functional.max_pool3d(x, kernel, stride, padding)
+    if training:
+        return _MaxPooling.apply(x, plan)
+    with _lock:
+        y, _ = plan.forward(x)
+    return y
+
+
 class MaxPool3D(paddle.nn.MaxPool3D):
     """`paddle.nn.MaxPool3D` whose dygraph forward (and backward) runs on oneDNN when it can:
     float32 NCDHW on the CPU, one kernel size, stride and padding per dimension, no ceil mode,
@@ -816,18 +833,7 @@ class MaxPool3D(paddle.nn.MaxPool3D):
         geometry = self._onednn_geometry(x)
         if geometry is None:  # Paddle 2.6's paddle.jit rewrites this code: no zero-argument super()
             return paddle.nn.MaxPool3D.forward(self, x)
-        if hasattr(x, 'contiguous'):
-            x = x.contiguous()
-        training = paddle.is_grad_enabled() and not x.stop_gradient
-        try:
-            with _lock:
-                plan = _pool_plan(tuple(x.shape), *geometry, training)
-        except OneDNNError:  # a shape oneDNN has no implementation for: Paddle's kernel
-            return paddle.nn.MaxPool3D.forward(self, x)
-        if training:
-            return _MaxPooling.apply(x, plan)
-        with _lock:
-            return plan.forward(x)[0]
+        return max_pool3d(x, *geometry)
 
     @paddle.jit.not_to_static  # plain Python under paddle.jit: None there
     def _onednn_geometry(self, x) -> Optional[tuple]:
