@@ -245,7 +245,7 @@ def inference(data_loader, model, result_path: Optional[Path], class_names: Dict
     The json is `{"results": {video_id: [{"label", "score"}, ...]}}`, or with `no_average`
     `{"results": {video_id: [{"segment": [begin, end], "result": [...]}, ...]}}`.
     `backend` is one of `BACKENDS` (see `make_logits_fn`). `amp` (main.py's --amp): the model
-    runs in dygraph under `training.autocast` (on CPU, bfloat16 convolutions: about 1.5x the
+    runs in dygraph under `training.autocast` (on CPU, bfloat16 convolutions: 1.2-1.5x the
     float32 predictor's speed). In a data-parallel run each process scores its shard and all
     return the results of every video.
     """

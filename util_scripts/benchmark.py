@@ -52,7 +52,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from environment import keep_freed_memory
+from environment import is_amd_cpu, keep_freed_memory
 from utils import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -590,13 +590,6 @@ def has_bfloat16() -> bool:
     return result.stdout.strip().endswith('True')
 
 
-def is_amd() -> bool:
-    try:
-        return 'AuthenticAMD' in Path('/proc/cpuinfo').read_text()
-    except OSError:
-        return False
-
-
 def child_env(threads: int, mkl_fix: bool) -> dict:
     """Environment of a measuring subprocess: set before it imports Paddle or PyTorch."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
@@ -870,7 +863,7 @@ def main(argv=None) -> None:
     if args.video_path is not None:  # the subprocess runs in the project folder
         args.video_path, args.annotation_path = (str(Path(p).resolve())
                                                  for p in (args.video_path, args.annotation_path))
-    args.mkl_fix = args.mkl_fix and is_amd()
+    args.mkl_fix = args.mkl_fix and is_amd_cpu()
     args.frame_size, args.clips_per_repeat, args.matmul_size = FRAME_SIZE, 16, MATMUL_SIZE
     if args.quick:
         args.model_depth, args.batch_size, args.sample_duration, args.sample_size = [10], 2, 4, 32

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from .benchmark import cpu_description
+
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_SIZE = (320, 240)
 N_FRAMES = 40  # per video: several 16-frame windows for inference
@@ -198,16 +200,6 @@ def timed(command: list) -> float:
     return seconds
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return 'unknown CPU'
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog='python -m util_scripts.benchmark_jobs',
                                      description=__doc__.split('\n')[0])
@@ -228,8 +220,8 @@ def main(argv=None) -> None:
     annotation = write_tree(args.dir, args.n_train, args.n_val)
     if args.reference_job:
         return reference_job(args.reference_job, args.dir, annotation, args)
-    print(f'{cpu_model()}, {len(os.sched_getaffinity(0))} cores; R3D-{args.model_depth}, batch '
-          f'{args.batch_size}, {args.n_threads} loader workers; {args.n_train} training / '
+    print(f'{cpu_description()}, {len(os.sched_getaffinity(0))} cores; R3D-{args.model_depth}, '
+          f'batch {args.batch_size}, {args.n_threads} loader workers; {args.n_train} training / '
           f'{args.n_val} validation videos of {N_FRAMES} frames {FRAME_SIZE[0]}x{FRAME_SIZE[1]}'
           + (f'; ours with --amp {args.amp}' if args.amp else ''))
     reference = [sys.executable, '-m', 'util_scripts.benchmark_jobs', str(args.dir),

@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-
 from utils import UserError, run_cli
 from .generate_video_jpgs import (VIDEO_EXTENSIONS, convert_all, extract_frames,
                                   has_all_frames, job_options, report)
