@@ -23,6 +23,11 @@ def pytest_configure(config):
                             'ignore:When training, we now always track global mean')
 
 
+def relative(actual, expected) -> float:
+    """Largest absolute difference, relative to the largest magnitude of `expected`."""
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
 def read_log(path) -> list:
     """The rows of a tab-separated log (train.log, val.log, train_batch.log) as dicts."""
     with open(path, newline='') as f:

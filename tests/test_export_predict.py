@@ -9,7 +9,7 @@ import pytest
 
 import inference
 import main
-from conftest import ROOT
+from conftest import ROOT, relative
 from util_scripts import (eval_accuracy, export_model, generate_video_jpgs, make_demo_data,
                           predict_video, ucf101_json)
 from utils import UserError
@@ -67,10 +67,6 @@ def scores(result):
     return {r['label']: r['score'] for r in result}
 
 
-def relative_error(actual, expected):
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
-
-
 def test_export_writes_the_model_and_its_preprocessing(demo, exported):
     info = json.loads((exported / export_model.INFO_FILE).read_text())
     assert info['class_names'] == CLASSES
@@ -92,7 +88,7 @@ def test_exported_logits_equal_the_dygraph_model(demo, exported):
         clips = rng.normal(size=[batch, 3, 8, 32, 32]).astype('float32')
         expected = dygraph(clips)
         assert expected.shape == (batch, 4)
-        assert relative_error(predictor(clips), expected) < 1e-4
+        assert relative(predictor(clips), expected) < 1e-4
 
 
 def test_frame_folders_give_the_scores_of_main_inference(demo, exported, tmp_path):

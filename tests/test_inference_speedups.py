@@ -6,6 +6,7 @@ import paddle
 import pytest
 
 import inference
+from conftest import relative
 from models.resnet import generate_model
 
 N_CLASSES = 5
@@ -28,10 +29,6 @@ def model():
     return net
 
 
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
-
-
 def test_predictor_matches_dygraph(model):
     predictor = inference.OneDNNPredictor(model, n_input_channels=3)
     dygraph = inference.dygraph_logits(model)
@@ -42,7 +39,7 @@ def test_predictor_matches_dygraph(model):
         clips = rng.normal(size=shape).astype('float32')
         expected = dygraph(clips)
         assert expected.shape == (shape[0], N_CLASSES)
-        assert relative_error(predictor(clips), expected) < 1e-4
+        assert relative(predictor(clips), expected) < 1e-4
 
 
 def test_batch_norm_folding_keeps_logits(model):
@@ -55,8 +52,8 @@ def test_batch_norm_folding_keeps_logits(model):
                if isinstance(layer, paddle.nn.Conv3D))
     predictor = inference.OneDNNPredictor(model, 3, sample_clips=clips)
     expected = inference.dygraph_logits(model)(clips)
-    assert relative_error(inference.dygraph_logits(folded)(clips), expected) < 1e-5
-    assert relative_error(predictor(clips), expected) < 1e-4
+    assert relative(inference.dygraph_logits(folded)(clips), expected) < 1e-5
+    assert relative(predictor(clips), expected) < 1e-4
 
 
 def test_auto_backend_is_predictor_on_cpu(model):

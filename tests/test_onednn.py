@@ -5,16 +5,13 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
+from conftest import relative
 from models import onednn
 from models.resnet import ReLU, generate_model
 
 pytestmark = [pytest.mark.skipif(onednn.load_error() is not None,
                                  reason=f'oneDNN not loadable: {onednn.load_error()}'),
               pytest.mark.usefixtures('cpu')]  # oneDNN takes host memory only
-
-
-def relative(actual, expected) -> float:
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 def conv_with_grads(conv, x, w, grad_y):

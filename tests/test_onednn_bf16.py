@@ -9,6 +9,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
+from conftest import relative
 from models import onednn
 from models.resnet import generate_model
 
@@ -28,10 +29,6 @@ def to_bfloat16(a: np.ndarray) -> np.ndarray:
 
 def rms(a: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))
-
-
-def relative(actual, expected) -> float:
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 def conv_with_grads(conv, x, w, grad_y, dtype='float32'):

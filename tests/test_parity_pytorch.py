@@ -9,6 +9,7 @@ import numpy as np
 import paddle
 import pytest
 
+from conftest import relative
 from models import densenet, pre_act_resnet, resnet, resnet2p1d, resnext, wide_resnet
 from util_scripts import convert_pytorch_weights as convert
 from utils import UserError
@@ -132,10 +133,6 @@ def converter_args(opts: dict):
     return args
 
 
-def relative_difference(ours: np.ndarray, theirs: np.ndarray) -> float:
-    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
-
-
 def check_parity(torch, tmp_path, model, depth, opts, legacy=False, data_parallel=False):
     shape = input_shape(model, opts)
     net = reference_model(torch, model, depth, opts, shape)
@@ -156,7 +153,7 @@ def check_parity(torch, tmp_path, model, depth, opts, legacy=False, data_paralle
     logits = ours(paddle.to_tensor(x)).numpy()
     assert logits.shape == (1, N_CLASSES)
     assert np.abs(expected).max() > 1e-3  # the comparison below is not of zeros
-    difference = relative_difference(logits, expected)
+    difference = relative(logits, expected)
     print(f'{model}-{depth} {opts}: max relative difference {difference:.2e}')
     assert difference < 1e-4
 
@@ -345,9 +342,9 @@ def test_batch_norm_running_statistics_follow_the_reference_through_training(tor
     assert len(variances) == 20  # every BN of R3D-18
     worst, untracked_worst = 0.0, 0.0
     for key in variances + [k.replace('_variance', '_mean') for k in variances]:
-        worst = max(worst, relative_difference(ours_state[key].numpy(), reference[key]))
+        worst = max(worst, relative(ours_state[key].numpy(), reference[key]))
         untracked_worst = max(untracked_worst,
-                              relative_difference(untracked_state[key].numpy(), reference[key]))
+                              relative(untracked_state[key].numpy(), reference[key]))
     print(f'running statistics: max relative difference {worst:.2e} '
           f'(Paddle BN without the correction: {untracked_worst:.2e})')
     assert worst < 1e-5
