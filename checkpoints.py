@@ -4,7 +4,7 @@ A checkpoint of epoch N is two files in the result folder:
 
     save_N.pdparams   the model's state dict (what --pretrain_path and the scripts also read)
     save_N.pdopt      epoch, arch, optimizer, scheduler, best scores, random states, --amp's
-                      GradScaler, and the SHA-256 of save_N.pdparams
+                      GradScaler, the SHA-256 of save_N.pdparams and one of this state itself
 
 The .pdopt is written last and marks the checkpoint complete. Reading one verifies both files:
 a damaged checkpoint given by name ends the run with one line; in a result folder given to
@@ -13,6 +13,7 @@ a damaged checkpoint given by name ends the run with one line; in a result folde
 import dataclasses
 import hashlib
 import os
+import pickle
 import random
 import re
 import shutil
@@ -50,6 +51,36 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def state_digest(state) -> str:
+    """SHA-256 of a training state's contents (all but its own 'state_sha256'), the same before
+    `paddle.save` and after `paddle.load`: arrays and tensors by dtype, shape and bytes (the file
+    turns arrays into tensors), other leaves by their pickle."""
+    digest = hashlib.sha256()
+
+    def add(value):
+        if isinstance(value, dict):
+            digest.update(b'{')
+            for key in sorted(value, key=str):
+                if key != 'state_sha256':
+                    add(key)
+                    add(value[key])
+            digest.update(b'}')
+        elif isinstance(value, (list, tuple)):
+            digest.update(b'[' if isinstance(value, list) else b'(')
+            for item in value:
+                add(item)
+            digest.update(b']')
+        elif isinstance(value, (np.ndarray, paddle.Tensor)):
+            array = np.asarray(value.numpy() if isinstance(value, paddle.Tensor) else value)
+            digest.update(f'{array.dtype.str}{array.shape}'.encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        else:
+            digest.update(pickle.dumps(value, protocol=4))
+
+    add(state)
+    return digest.hexdigest()
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(path.name + '.tmp')
 
@@ -80,6 +111,7 @@ def save_checkpoint(result_path: Path, epoch: int, arch: str, model, optimizer, 
                  'rng': get_rng_state(), 'weights_sha256': file_digest(_tmp(params))}
         if scaler is not None:
             state['scaler'] = scaler.state_dict()
+        state['state_sha256'] = state_digest(state)
         paddle.save(state, str(_tmp(pdopt)))
         _fsync(_tmp(pdopt))
         pdopt.unlink(missing_ok=True)
@@ -103,14 +135,37 @@ def read_checkpoint(path: Path, arch: str) -> Checkpoint:
     state = _load(pdopt)
     if not isinstance(state, dict) or 'epoch' not in state:
         raise DamagedCheckpoint(f'{pdopt} is not the training state of a checkpoint')
-    expected = state.get('weights_sha256')  # absent in checkpoints of earlier versions
-    if expected is not None and file_digest(path) != expected:
-        raise DamagedCheckpoint(f'{path} is damaged: its contents do not match the checksum '
-                                f'recorded in {pdopt.name}')
+    if 'state_sha256' in state and state_digest(state) != state['state_sha256']:
+        raise DamagedCheckpoint(f'{pdopt} is damaged: its contents do not match their checksum')
+    if path.stat().st_size == 0:
+        raise DamagedCheckpoint(f'{path} is damaged: empty')
+    _check_weights(path, state)
     if state.get('arch') != arch:
         raise UserError(f'--resume_path {path} was saved by {state.get("arch")}, '
                         f'but the model is {arch}')
     return Checkpoint(path, _load(path), state)
+
+
+def _check_weights(path: Path, state: dict) -> None:
+    expected = state.get('weights_sha256')  # absent in checkpoints of earlier versions
+    if expected is not None and file_digest(path) != expected:
+        raise DamagedCheckpoint(f'{path} is damaged: its contents do not match the checksum '
+                                f"recorded in {path.with_suffix('.pdopt').name}")
+
+
+def verify_weights(path: Path) -> None:
+    """Check a checkpoint's weights (save_N.pdparams) read as pretrained weights against the
+    checksum its save_N.pdopt records: `DamagedCheckpoint` if they differ. Other weights files,
+    and a .pdopt that is absent or unreadable, leave nothing to check."""
+    pdopt = path.with_suffix('.pdopt')
+    if not CHECKPOINT_NAME.fullmatch(path.name) or not pdopt.is_file():
+        return
+    try:
+        state = paddle.load(str(pdopt))
+    except Exception:  # the weights may still be good: paddle.load judges them next
+        return
+    if isinstance(state, dict):
+        _check_weights(path, state)
 
 
 def _load(path: Path):
@@ -217,13 +272,15 @@ def structured_optimizer_state(model, state: dict, to_structured: bool) -> dict:
     return renamed
 
 
-def restore_training_state(state: Optional[dict], model, optimizer=None, scheduler=None,
-                           scaler=None, milestones=None) -> BestScores:
-    """Put a checkpoint's training state back: optimizer, scheduler (`milestones`: replaced, for
-    --overwrite_milestones), GradScaler, random states; returns its best scores (fresh ones
+def restore_training_state(checkpoint: Optional[Checkpoint], model, optimizer=None,
+                           scheduler=None, scaler=None, milestones=None) -> BestScores:
+    """Put a checkpoint back: the model's weights, optimizer, scheduler (`milestones`: replaced,
+    for --overwrite_milestones), GradScaler, random states; returns its best scores (fresh ones
     without a checkpoint). Each of optimizer, scheduler, scaler is optional (--no_train)."""
-    if state is None:
+    if checkpoint is None:
         return BestScores()
+    model.set_state_dict(checkpoint.weights)
+    state = checkpoint.state
     if optimizer is not None:
         optimizer.set_state_dict(structured_optimizer_state(model, state['optimizer'], False))
     if scheduler is not None:

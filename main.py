@@ -171,12 +171,10 @@ def main_worker(opt, stop: StopSignals):
         + (f'; {opt.world_size} processes, batch {opt.batch_size} each' if opt.distributed
            else ''))
 
-    train_state = None
+    checkpoint = None
     if opt.resume_path is not None:  # every process loads the same checkpoint
         checkpoint = load_checkpoint(opt.resume_path, opt.arch)
-        model.set_state_dict(checkpoint.weights)
-        train_state = checkpoint.state
-        opt.begin_epoch = train_state['epoch'] + 1
+        opt.begin_epoch = checkpoint.state['epoch'] + 1
         log(f'resuming from {checkpoint.path} at epoch {opt.begin_epoch}')
 
     optimizer = scheduler = scaler = None
@@ -192,8 +190,9 @@ def main_worker(opt, stop: StopSignals):
     if not opt.no_val:
         val_loader, val_logger = get_val_utils(opt)
     overwrite = opt.overwrite_milestones and opt.lr_scheduler == 'multistep'
-    best = restore_training_state(train_state, model, optimizer, scheduler, scaler,
+    best = restore_training_state(checkpoint, model, optimizer, scheduler, scaler,
                                   opt.multistep_milestones if overwrite else None)
+    del checkpoint  # its arrays are in the model and the optimizer now
 
     for epoch in range(opt.begin_epoch, opt.n_epochs + 1):
         if opt.no_train and opt.no_val:

@@ -5,6 +5,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from checkpoints import verify_weights
 from models import densenet, pre_act_resnet, resnet, resnet2p1d, resnext, wide_resnet
 from models.resnet import linear
 from utils import UserError
@@ -40,12 +41,13 @@ def resolve_weights_path(path: Path) -> Path:
 
 def load_state_dict(path: Path) -> dict:
     """Read a Paddle state dict (`.pdparams`, including Paddle 1.8 `save_dygraph` files)
-    as arrays."""
+    as arrays; a checkpoint's weights are checked against the checksum of its .pdopt."""
     path = resolve_weights_path(path)
     if path.suffix in ('.pth', '.pt'):
         raise UserError(f'{path} is a PyTorch checkpoint: convert it first with '
                         f'python -m util_scripts.convert_pytorch_weights {path} '
                         f'{path.with_suffix(".pdparams")}')
+    verify_weights(path)
     try:
         state = paddle.load(str(path), return_numpy=True)
     except Exception as e:  # paddle.load raises several types for foreign or damaged files
@@ -132,7 +134,10 @@ def _unbias_running_variance(layer, inputs, output):
     if n > 1:
         with paddle.no_grad():
             new = layer._variance
-            new.set_value(new + (new - layer._momentum * before) / (n - 1))
+            # a copy on the device: set_value reads the tensor to the host in Paddle 2.6, and
+            # an in-place op (add_, paddle.assign) bumps the version that batch_norm's backward
+            # checks on the running variance it keeps
+            new.copy_(new + (new - layer._momentum * before) / (n - 1), False)
 
 
 def load_pretrained_model(model: nn.Layer, pretrain_path: Path, model_name: str,

@@ -9,6 +9,7 @@ import pytest
 
 from checkpoints import (get_rng_state, load_checkpoint, restore_training_state, resume_hint,
                          save_checkpoint, set_rng_state)
+from model import load_state_dict
 from utils import BestScores, UserError
 
 
@@ -106,9 +107,12 @@ DAMAGES = {
     'truncated weights': ('pdparams', truncate, r'save_2.pdparams is damaged'),
     'bit-flipped weights': ('pdparams', flip_a_bit, r'save_2.pdparams is damaged: its contents '
                                                     r'do not match the checksum'),
-    'empty weights': ('pdparams', empty, r'save_2.pdparams is damaged'),
+    'empty weights': ('pdparams', empty, r'save_2.pdparams is damaged: empty'),
     'truncated state': ('pdopt', truncate, r'save_2.pdopt is damaged: unreadable'),
     'empty state': ('pdopt', empty, r'save_2.pdopt is damaged: empty'),
+    # a flip that leaves the file readable: found by the checksum of the state
+    'bit-flipped state': ('pdopt', flip_a_bit, r'save_2.pdopt is damaged: its contents do not '
+                                               r'match their checksum'),
     'state without weights': ('pdparams', os.remove, r'save_2.pdparams is missing'),
 }
 
@@ -183,12 +187,12 @@ def test_restore_training_state_puts_back_optimizer_scheduler_and_best(tmp_path)
 
     fresh = TinyState(0.0)  # a new process: other unique parameter names
     checkpoint = load_checkpoint(tmp_path, 'tiny')
-    fresh.model.set_state_dict(checkpoint.weights)
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        restored = restore_training_state(checkpoint.state, fresh.model, fresh.optimizer,
+        restored = restore_training_state(checkpoint, fresh.model, fresh.optimizer,
                                           fresh.scheduler, milestones=[20])
     assert restored == best
+    np.testing.assert_array_equal(fresh.model.weight.numpy(), saved.model.weight.numpy())
     assert fresh.scheduler.last_epoch == saved.scheduler.last_epoch
     assert fresh.scheduler.milestones == [20]
     saved_velocity = [v.numpy() for k, v in saved.optimizer.state_dict().items()
@@ -199,3 +203,22 @@ def test_restore_training_state_puts_back_optimizer_scheduler_and_best(tmp_path)
     for a, b in zip(saved_velocity, fresh_velocity):
         np.testing.assert_array_equal(a, b)
     assert restore_training_state(None, fresh.model) == BestScores()
+
+
+@pytest.mark.parametrize('damage', ['bit-flipped weights', 'truncated weights', 'empty weights'])
+def test_a_damaged_checkpoint_given_as_pretrained_weights_is_one_line(tmp_path, damage):
+    _, spoil, _ = DAMAGES[damage]
+    TinyState(2.0).save(tmp_path, 2)
+    spoil(tmp_path / 'save_2.pdparams')
+    # the checksum recorded in save_2.pdopt finds a flip that paddle.load would take as weights
+    with pytest.raises(UserError, match=r'save_2.pdparams is damaged: its contents do not match '
+                                        r'the checksum recorded in save_2.pdopt'):
+        load_state_dict(tmp_path / 'save_2.pdparams')
+
+
+def test_pretrained_weights_load_without_a_pdopt_and_beside_an_unreadable_one(tmp_path):
+    TinyState(2.0).save(tmp_path, 2)
+    (tmp_path / 'save_2.pdopt').write_bytes(b'not a checkpoint')
+    assert float(load_state_dict(tmp_path / 'save_2.pdparams')['weight'][0, 0]) == 2.0
+    (tmp_path / 'save_2.pdopt').unlink()
+    assert float(load_state_dict(tmp_path / 'save_2.pdparams')['weight'][0, 0]) == 2.0
