@@ -140,10 +140,11 @@ class OneDNNVersionError(OneDNNError):
     """The library is not oneDNN 3.x, whose C API this module is written for."""
 
 
-def _version(lib: ctypes.CDLL) -> tuple:
-    """(major, minor, patch) of the loaded library."""
-    version = lib.dnnl_version().contents
-    return version.major, version.minor, version.patch
+def _version(lib: ctypes.CDLL) -> _Version:
+    """The loaded library's dnnl_version_t (major, minor, patch, ...)."""
+    function = lib.dnnl_version
+    function.restype, function.argtypes = _SIGNATURES['dnnl_version']
+    return function().contents
 
 
 class _Library:
@@ -153,14 +154,14 @@ class _Library:
     the module lock `_lock` ensures."""
 
     def __init__(self):
-        path = os.path.join(os.path.dirname(paddle.__file__), 'libs', 'libdnnl.so.3')
-        self.lib = ctypes.CDLL(path)
+        self.lib = ctypes.CDLL(library_path())
+        self.version = _version(self.lib)
+        if self.version.major != 3:  # the enum values and signatures above are 3.x's
+            v = self.version
+            raise OneDNNVersionError(f'oneDNN {v.major}.{v.minor}.{v.patch} (3.x needed)')
         for name, (restype, argtypes) in _SIGNATURES.items():
             function = getattr(self.lib, name)
             function.restype, function.argtypes = restype, argtypes
-        self.version = _version(self.lib)
-        if self.version[0] != 3:  # the enum values and signatures above are 3.x's
-            raise OneDNNVersionError('oneDNN {}.{}.{} (3.x needed)'.format(*self.version))
         self.engine, self.stream = _c(), _c()
         self.call('dnnl_engine_create', ctypes.byref(self.engine), dnnl_cpu, 0)
         self.call('dnnl_stream_create', ctypes.byref(self.stream), self.engine,
@@ -302,6 +303,23 @@ class _PlanKey(NamedTuple):
 _DNNL_TYPES = {'float32': dnnl_f32, 'bfloat16': dnnl_bf16}
 
 
+class _ConvGeometry(NamedTuple):
+    """The dnnl_dims_t arguments of oneDNN's convolution descriptors, in their order."""
+    strides: ctypes.Array
+    dilates: ctypes.Array
+    padding_l: ctypes.Array
+    padding_r: ctypes.Array
+
+
+class _PoolGeometry(NamedTuple):
+    """The dnnl_dims_t arguments of oneDNN's pooling descriptors, in their order."""
+    strides: ctypes.Array
+    kernel: ctypes.Array
+    dilation: ctypes.Array
+    padding_l: ctypes.Array
+    padding_r: ctypes.Array
+
+
 class _Pass(NamedTuple):
     """One primitive of a plan (forward, backward-data or backward-weights)."""
     primitive: _c
@@ -338,15 +356,16 @@ class _Plan:
     def __init__(self, library: _Library, key: _PlanKey):
         self.library = library
         self.passes, self.pds, self.descs = {}, [], []
-        x_shape, w_shape, stride, padding, groups, dtype = key
+        x_shape, w_shape, stride, padding = key.x_shape, key.w_shape, key.stride, key.padding
+        groups, dtype = key.groups, key.dtype
         out_channels = w_shape[0]
         self.x_shape, self.y_shape = list(x_shape), _output_shape(x_shape, w_shape, stride,
                                                                    padding)
         self.w_shape = list(w_shape)
         if groups > 1:  # oneDNN's grouped weights: [groups, out / groups, in / groups, k...]
             self.w_shape = [groups, out_channels // groups, *w_shape[1:]]
-        geometry = (_Dims(*stride), _Dims(*[0] * len(stride)), _Dims(*padding),
-                    _Dims(*padding))
+        geometry = _ConvGeometry(_Dims(*stride), _Dims(*[0] * len(stride)), _Dims(*padding),
+                                 _Dims(*padding))
         shapes = (self.x_shape, self.w_shape, self.y_shape)
         x, w, y = (library.desc(s, dnnl_format_tag_any, _DNNL_TYPES[dtype]) for s in shapes)
         x32, w32, y32 = (library.desc(s, dnnl_format_tag_any) for s in shapes)  # results
@@ -370,7 +389,7 @@ class _Plan:
                              *[slice(a, a + size) for a, size in zip(added, self.x_shape[2:])])
             self.padded_shape = weights_x_shape
             rest = _Dims(*[p - a for p, a in zip(padding, added)])
-            geometry = (*geometry[:2], rest, rest)
+            geometry = geometry._replace(padding_l=rest, padding_r=rest)
             weights_x = library.desc(weights_x_shape, dnnl_format_tag_any, _DNNL_TYPES[dtype])
             weights_hint = _c()  # oneDNN wants the forward pass of the same geometry as a hint
             self.pds.append(weights_hint)
@@ -476,18 +495,26 @@ _load_error: Optional[str] = None
 _plans: 'collections.OrderedDict[_PlanKey, _Plan]' = collections.OrderedDict()
 
 
+def library_path() -> str:
+    """Where Paddle's wheel keeps the oneDNN it links (Linux x86 wheels; absent elsewhere)."""
+    return os.path.join(os.path.dirname(paddle.__file__), 'libs', 'libdnnl.so.3')
+
+
 def library() -> Optional[_Library]:
     """The loaded library, or None (and the reason in `load_error()`) where it cannot load.
 
-    The first call loads it; a version other than 3.x is refused with one warning."""
+    The first call loads it. A wheel without the file runs Paddle's kernels silently; a file
+    that does not load, lacks a function used here or is not oneDNN 3.x: the same, with one
+    warning."""
     global _library, _load_error
     if _library is None and _load_error is None:
         try:
             _library = _Library()
         except (OSError, AttributeError, OneDNNError) as e:
             _load_error = f'{type(e).__name__}: {e}'
-            if isinstance(e, OneDNNVersionError):
-                warnings.warn(f"{e}: 3D convolutions run on Paddle's kernel", stacklevel=2)
+            if os.path.exists(library_path()):
+                warnings.warn(f"{library_path()}: {_load_error}; 3D convolutions and max "
+                              "pooling run on Paddle's kernels", stacklevel=2)
     return _library
 
 
@@ -721,14 +748,16 @@ class _PoolPlan:
     [8, 64, 16, 56, 56] with kernel 3, stride 2, padding 1: 6 + 8 ms forward + backward against
     41 + 79 ms for Paddle's CPU kernel (2-core AMD EPYC)."""
 
-    def __init__(self, library: _Library, x_shape, kernel, stride, padding, training: bool):
+    def __init__(self, library: _Library, key: '_PoolKey'):
         self.library = library
+        x_shape, kernel, stride, padding = key.x_shape, key.kernel, key.stride, key.padding
+        training = key.training
         self.y_shape = [*x_shape[:2], *[(size + 2 * p - k) // st + 1 for size, k, st, p
                                         in zip(x_shape[2:], kernel, stride, padding)]]
         self.x_md, self.y_md = (library.desc(shape, dnnl_abcde)
                                 for shape in (x_shape, self.y_shape))
-        geometry = (_Dims(*stride), _Dims(*kernel), _Dims(0, 0, 0), _Dims(*padding),
-                    _Dims(*padding))
+        geometry = _PoolGeometry(_Dims(*stride), _Dims(*kernel), _Dims(0, 0, 0),
+                                 _Dims(*padding), _Dims(*padding))
         forward_pd = _c()
         library.call('dnnl_pooling_forward_primitive_desc_create', ctypes.byref(forward_pd),
                      library.engine, dnnl_forward_training if training else dnnl_forward_inference,
@@ -785,11 +814,20 @@ class _PoolPlan:
         return grad_x
 
 
-_pool_plans: 'collections.OrderedDict[tuple, _PoolPlan]' = collections.OrderedDict()
+class _PoolKey(NamedTuple):
+    """What a pooling plan is built for (and cached by)."""
+    x_shape: tuple
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    training: bool  # with the workspace and the backward pass
 
 
-def _pool_plan(*key) -> _PoolPlan:
-    return _cached(_pool_plans, key, lambda: _PoolPlan(library(), *key))
+_pool_plans: 'collections.OrderedDict[_PoolKey, _PoolPlan]' = collections.OrderedDict()
+
+
+def _pool_plan(key: _PoolKey) -> _PoolPlan:
+    return _cached(_pool_plans, key, lambda: _PoolPlan(library(), key))
 
 
 class _MaxPooling(PyLayer):
@@ -811,13 +849,16 @@ class _MaxPooling(PyLayer):
 @paddle.jit.not_to_static  # Paddle 2.6's paddle.jit cannot rewrite this code, nor need it
 def max_pool3d(x: paddle.Tensor, kernel, stride, padding) -> paddle.Tensor:
     """`paddle.nn.functional.max_pool3d(x, kernel, stride, padding)` of a float32 NCDHW tensor
-    on the CPU, on oneDNN (Paddle's kernel where oneDNN has no implementation)."""
+    on the CPU, on oneDNN (elsewhere, and where oneDNN has no implementation, Paddle's kernel)."""
+    if not (_on_cpu(x) and library() is not None):  # _on_cpu first: no load on GPUs
+        return paddle.nn.functional.max_pool3d(x, kernel, stride, padding)
     if hasattr(x, 'contiguous'):
         x = x.contiguous()
     training = paddle.is_grad_enabled() and not x.stop_gradient
     try:
         with _lock:
-            plan = _pool_plan(tuple(x.shape), kernel, stride, padding, training)
+            plan = _pool_plan(_PoolKey(tuple(x.shape), tuple(kernel), tuple(stride),
+                                       tuple(padding), training))
     except OneDNNError:
         return paddle.nn.functional.max_pool3d(x, kernel, stride, padding)
     if training:

@@ -32,13 +32,38 @@ def test_every_c_function_called_is_declared():
 
 
 def test_the_library_is_onednn_3():
-    assert onednn.library().version[0] == 3
+    assert onednn.library().version.major == 3
 
 
-def test_another_major_version_runs_paddles_kernel_with_one_warning(monkeypatch):
+@pytest.fixture
+def unloaded(monkeypatch):
+    """models.onednn as before its first load (restored afterwards)."""
     monkeypatch.setattr(onednn, '_library', None)
     monkeypatch.setattr(onednn, '_load_error', None)
-    monkeypatch.setattr(onednn, '_version', lambda lib: (4, 1, 2))
+
+
+def test_a_library_without_a_function_used_runs_paddles_kernel_with_one_warning(
+        monkeypatch, unloaded):
+    signatures = dict(onednn._SIGNATURES, dnnl_function_of_another_release=(None, []))
+    monkeypatch.setattr(onednn, '_SIGNATURES', signatures)
+    with pytest.warns(UserWarning, match=r"libdnnl.so.3: AttributeError: .*"
+                                         r"dnnl_function_of_another_release.*Paddle's kernels"):
+        assert onednn.library() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert onednn.library() is None
+
+
+def test_a_wheel_without_onednn_runs_paddles_kernel_silently(monkeypatch, unloaded, tmp_path):
+    monkeypatch.setattr(onednn, 'library_path', lambda: str(tmp_path / 'libdnnl.so.3'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert onednn.library() is None and not onednn.enabled()
+    assert 'OSError' in onednn.load_error()
+
+
+def test_another_major_version_runs_paddles_kernel_with_one_warning(monkeypatch, unloaded):
+    monkeypatch.setattr(onednn, '_version', lambda lib: onednn._Version(4, 1, 2))
     with pytest.warns(UserWarning, match=r"oneDNN 4\.1\.2 \(3\.x needed\).*Paddle's kernel"):
         assert onednn.library() is None
     layer = onednn.Conv3D(2, 3, 3, padding=1, bias_attr=False)

@@ -52,7 +52,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from environment import is_amd_cpu, keep_freed_memory
+import environment
 from utils import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,14 +89,8 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> Dict[str,
     return {'seconds': seconds, 'base_rss': base}
 
 
-def import_paddle():
-    with contextlib.redirect_stderr(io.StringIO()):  # Paddle cautions about thread counts > 1
-        import paddle
-    return paddle
-
-
 def paddle_model(case: dict):
-    paddle = import_paddle()
+    import paddle
     from models.resnet import generate_model
     paddle.seed(0)
     return generate_model(case['depth'], n_classes=N_CLASSES)
@@ -113,7 +107,7 @@ def random_batch(case: dict, seed: int = 0):
 
 def paddle_flops_per_clip(model, case: dict) -> float:
     """Multiply-adds x 2 of the Conv3D and Linear layers for one clip."""
-    paddle = import_paddle()
+    import paddle
     total = [0]
 
     def count(layer, inputs, output):
@@ -134,7 +128,7 @@ def paddle_flops_per_clip(model, case: dict) -> float:
 
 
 def paddle_train(case: dict) -> dict:
-    paddle = import_paddle()
+    import paddle
     import paddle.nn.functional as F
     model = paddle_model(case)
     flops = paddle_flops_per_clip(model, case)
@@ -178,7 +172,7 @@ def paddle_precision(case: dict):
 def paddle_matmul(case: dict) -> dict:
     """The faster of Paddle's `a @ b` (MKL; on AMD its AVX2 path) and oneDNN's matmul (the
     library the training convolutions run on, AVX-512 where the processor has it)."""
-    paddle = import_paddle()
+    import paddle
     n = case['matmul_size']
     a, b = paddle.randn([n, n]), paddle.randn([n, n])
     results = [time_calls(lambda: (a @ b).numpy(), 1, max(3, case['repeats']))]
@@ -203,13 +197,14 @@ def onednn_matmul(a, b):
                  descs[0], descs[1], None, descs[2], None)
     primitive = library.primitive(pd)
     c = paddle.empty(a.shape, dtype='float32')
-    memories = {name: library.memory(desc, t.data_ptr())
-                for name, desc, t in zip(('src', 'weights', 'dst'), descs, (a, b, c))}
 
     def call():
-        library.execute(primitive, memories)
-        library.call('dnnl_stream_wait', library.stream)
-        return c  # oneDNN writes into c: it must live as long as the call does
+        with onednn._lock:  # the library's memory objects serve one call at a time
+            library.execute(primitive, {
+                name: library.memory(desc, t.data_ptr())
+                for name, desc, t in zip(('src', 'weights', 'dst'), descs, (a, b, c))})
+            library.release()  # waits for the stream, then destroys the memory objects
+        return c
     return call
 
 
@@ -550,7 +545,7 @@ def run_cases_here(cases: List[dict]) -> None:
     """Subprocess side: measure each case and print one tagged json line of results."""
     results = []
     if any(case['impl'] == 'paddle' for case in cases):
-        keep_freed_memory()  # as main.py does (environment.set_cpu_math_env)
+        environment.setup()  # as main.py does; child_env's variables win
     for case in cases:
         random.seed(0)
         try:
@@ -593,9 +588,9 @@ def has_bfloat16() -> bool:
 def child_env(threads: int, mkl_fix: bool) -> dict:
     """Environment of a measuring subprocess: set before it imports Paddle or PyTorch."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
-    env.pop('MKL_DEBUG_CPU_TYPE', None)
-    if mkl_fix:
-        env['MKL_DEBUG_CPU_TYPE'] = '5'  # MKL's AVX2 kernels on AMD, not its slow generic path
+    # 5: MKL's AVX2 kernels on AMD, not its slow generic path; empty: MKL's own choice, as unset
+    # (2048^3 matmul on a 2-core EPYC: 177 GFLOP/s with 5, 72 unset, 76 empty)
+    env['MKL_DEBUG_CPU_TYPE'] = '5' if mkl_fix else ''
     return env
 
 
@@ -863,7 +858,7 @@ def main(argv=None) -> None:
     if args.video_path is not None:  # the subprocess runs in the project folder
         args.video_path, args.annotation_path = (str(Path(p).resolve())
                                                  for p in (args.video_path, args.annotation_path))
-    args.mkl_fix = args.mkl_fix and is_amd_cpu()
+    args.mkl_fix = args.mkl_fix and environment.is_amd_cpu()
     args.frame_size, args.clips_per_repeat, args.matmul_size = FRAME_SIZE, 16, MATMUL_SIZE
     if args.quick:
         args.model_depth, args.batch_size, args.sample_duration, args.sample_size = [10], 2, 4, 32
