@@ -3,31 +3,31 @@ import environment
 
 environment.setup()  # before anything imports Paddle: math threads, allocator
 
-import json  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
+import json
+import signal
+import sys
 
-import paddle  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import paddle
+from tqdm import tqdm
 
-import inference  # noqa: E402
-from checkpoints import (check_free_space, load_checkpoint, remove_unfinished_checkpoints,  # noqa: E402
+import inference
+from checkpoints import (check_free_space, load_checkpoint, remove_unfinished_checkpoints,
                          restore_training_state, resume_hint, save_checkpoint)
-from datasets import get_inference_data, get_training_data, get_validation_data  # noqa: E402
-from datasets.data_loader import make_data_loader  # noqa: E402
-from distributed import (average_batch_norm_stats, init_distributed, is_lost_peer,  # noqa: E402
+from datasets import get_inference_data, get_training_data, get_validation_data
+from datasets.data_loader import make_data_loader
+from distributed import (average_batch_norm_stats, init_distributed, is_lost_peer,
                          resolve_distributed, sync_batch_norm)
-from model import (generate_model, get_device, get_fine_tuning_parameters,  # noqa: E402
+from model import (generate_model, get_device, get_fine_tuning_parameters,
                    load_pretrained_model)
-from opts import parse_opts, resolve_model_input  # noqa: E402
-from spatial_transforms import (get_inference_spatial_transform,  # noqa: E402
+from opts import parse_opts, resolve_model_input
+from spatial_transforms import (get_inference_spatial_transform,
                                 get_train_spatial_transform, get_val_spatial_transform)
-from temporal_transforms import (SlidingWindow, TemporalCenterCrop, TemporalEvenCrop,  # noqa: E402
+from temporal_transforms import (SlidingWindow, TemporalCenterCrop, TemporalEvenCrop,
                                  TemporalRandomCrop, get_temporal_transform)
-from training import check_amp, make_grad_scaler, train_epoch  # noqa: E402
-from utils import (Interrupted, LoaderErrors, Logger, StopSignals, UserError,  # noqa: E402
+from training import check_amp, make_grad_scaler, train_epoch
+from utils import (Interrupted, LoaderErrors, Logger, StopSignals, UserError,
                    epoch_seed, open_writer, run_cli, set_seed)
-from validation import val_epoch, with_clip_counts  # noqa: E402
+from validation import val_epoch, with_clip_counts
 
 
 def get_opt(argv=None):

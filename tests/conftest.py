@@ -5,16 +5,16 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from environment import set_cpu_math_env  # noqa: E402
 
-set_cpu_math_env()  # before any test imports paddle
+set_cpu_math_env()  # before NumPy and Paddle load
 warnings.filterwarnings('ignore', message='No ccache found')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def pytest_configure(config):

@@ -30,12 +30,12 @@ import environment
 
 environment.setup()  # before Paddle is imported
 
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-import paddle.nn as nn  # noqa: E402
+import numpy as np
+import paddle
+import paddle.nn as nn
 
-from model import MODELS  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+from model import MODELS
+from utils import UserError, run_cli
 
 # torch's storage classes (torch.FloatStorage, torch.cuda.FloatStorage, ...) -> numpy dtypes
 STORAGE_DTYPES = {

@@ -32,15 +32,15 @@ import environment
 
 environment.setup()  # before Paddle is imported
 
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
+import numpy as np
+import paddle
 
-from datasets.videodataset import load_annotation  # noqa: E402
-from inference import fold_batch_norm, quiet_native_stderr  # noqa: E402
-from model import check_state_dict, classifier_name, generate_model, load_state_dict  # noqa: E402
-from opts import get_parser, resolve_model_input  # noqa: E402
-from spatial_transforms import get_normalize_method  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+from datasets.videodataset import load_annotation
+from inference import fold_batch_norm, quiet_native_stderr
+from model import check_state_dict, classifier_name, generate_model, load_state_dict
+from opts import get_parser, resolve_model_input
+from spatial_transforms import get_normalize_method
+from utils import UserError, run_cli
 
 PROGRAM_PREFIX = 'inference'  # inference.json / .pdmodel + inference.pdiparams
 INFO_FILE = 'model_info.json'

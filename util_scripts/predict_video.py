@@ -48,23 +48,23 @@ import environment
 
 environment.setup()  # before Paddle is imported
 
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import paddle
+from PIL import Image
+from tqdm import tqdm
 
-import inference  # noqa: E402
-from datasets.loader import ImageLoaderPIL, image_name_formatter  # noqa: E402
-from model import get_device  # noqa: E402
-from opts import positive_float, positive_int  # noqa: E402
-from spatial_transforms import CenterCrop, Compose, Resize, get_spatial_transform  # noqa: E402
-from temporal_transforms import SlidingWindow, loop_pad  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+import inference
+from datasets.loader import ImageLoaderPIL, image_name_formatter
+from model import get_device
+from opts import positive_float, positive_int
+from spatial_transforms import CenterCrop, Compose, Resize, get_spatial_transform
+from temporal_transforms import SlidingWindow, loop_pad
+from utils import UserError, run_cli
 
-from .export_model import (INFO_FILE, PROGRAM_PREFIX, build_model, class_names_of,  # noqa: E402
+from .export_model import (INFO_FILE, PROGRAM_PREFIX, build_model, class_names_of,
                            input_shape, model_info, parse_model_opts, random_clip)
-from .generate_video_jpgs import scale_filter  # noqa: E402
-from .utils import find_ffmpeg, get_n_frames, last_error_line, run_ffmpeg  # noqa: E402
+from .generate_video_jpgs import scale_filter
+from .utils import find_ffmpeg, get_n_frames, last_error_line, run_ffmpeg
 
 FRAME_SIZE = 240  # shorter side of the frames, as generate_video_jpgs writes them
 
