@@ -60,7 +60,7 @@ def quiet_native_stderr():
 
 
 def cpu_threads() -> int:
-    """The math threads to use: OMP_NUM_THREADS when set (main.py sets it),
+    """The math threads to use: OMP_NUM_THREADS when set (`environment.setup` sets it),
     else the usable cores."""
     value = os.environ.get('OMP_NUM_THREADS', '')
     return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
@@ -262,10 +262,11 @@ def inference(data_loader, model, result_path: Optional[Path], class_names: Dict
         batch_scores.append(F.softmax(out.astype('float32'), axis=1)
                             if isinstance(out, paddle.Tensor) else softmax(out))
         batch_targets.extend(targets)
-    scores = [s.numpy() if isinstance(s, paddle.Tensor) else s for s in batch_scores]
+    if batch_scores and isinstance(batch_scores[0], paddle.Tensor):  # one read from the device
+        batch_scores = [paddle.concat(batch_scores).numpy()]
+    scores = np.concatenate(batch_scores) if batch_scores else []  # [clips, n_classes]
     clip_scores = defaultdict(list)  # video_id -> [(segment, scores [n_classes])]
-    for (video_id, segment), video_scores in zip(batch_targets,
-                                                 np.concatenate(scores) if scores else []):
+    for (video_id, segment), video_scores in zip(batch_targets, scores):
         clip_scores[video_id].append((list(segment), video_scores))
     clip_scores = gather_clip_scores(clip_scores, getattr(data_loader, 'dataset', None))
 

@@ -134,9 +134,9 @@ def _unbias_running_variance(layer, inputs, output):
     if n > 1:
         with paddle.no_grad():
             new = layer._variance
-            # a copy on the device: set_value reads the tensor to the host in Paddle 2.6, and
-            # an in-place op (add_, paddle.assign) bumps the version that batch_norm's backward
-            # checks on the running variance it keeps
+            # a copy on the device, not blocking: set_value reads the tensor to the host in
+            # Paddle 2.6, and in-place ops (add_, paddle.assign) bump the version that
+            # batch_norm's backward checks on the running variance it keeps
             new.copy_(new + (new - layer._momentum * before) / (n - 1), False)
 
 

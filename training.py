@@ -8,18 +8,16 @@ from tqdm import tqdm
 
 from distributed import all_sum
 from models import onednn
-from utils import AverageMeter, Interrupted, UserError
-
-# Batches whose loss and accuracy are read from a GPU at once: one transfer (and in a
-# data-parallel run one all-reduce) per interval instead of several per step. The logged values
-# are the same; only the progress bar's figures move in steps of this many batches. On the CPU,
-# where reading costs nothing, every batch is read at once.
-READ_INTERVAL = 10
+from utils import AverageMeter, Interrupted, UserError, default_read_interval
 
 # Paddle's mixed-precision lists name `conv2d` but not `conv3d`: an operation on neither list
 # runs in float32 when an input is float32, so without this the 3D convolutions would stay in
-# float32 and only the classifier run in half precision. BatchNorm stays off the list (it runs
-# as Paddle decides for it); the loss is computed in float32 by `calculate_loss`.
+# float32 and only the classifier run in half precision. BatchNorm is on neither list, but
+# Paddle decides its precision by its input x alone (GetPromoteType, paddle/fluid/imperative/
+# amp_utils.h) and casts only x: after a half-precision convolution it normalizes float16
+# (bfloat16) activations with float32 weights and running statistics, as BatchNorm does under
+# the reference's torch.cuda.amp.autocast. The loss is float32 (`calculate_loss`, outside the
+# autocast).
 AMP_WHITE_LIST = {'conv3d'}
 
 
@@ -35,9 +33,14 @@ def check_amp(amp, device: str) -> None:
             raise UserError('--amp bfloat16: this CPU has no bfloat16 instructions (avx512_bf16 '
                             'or amx_bf16 in lscpu) or oneDNN could not be loaded; drop --amp')
         return
-    if amp == 'float16' and not paddle.amp.is_float16_supported('gpu'):
-        raise UserError('--amp float16: this GPU has no fast float16 (compute capability below '
-                        "7.0: Paddle's auto_cast would switch itself off); drop --amp")
+    if amp == 'float16':
+        # auto_cast's own test (_is_gpu_float16_supported in paddle/amp/auto_cast.py, 2.6 and
+        # 3.x): below 7.0 it switches itself off while GradScaler would go on scaling.
+        # is_float16_supported('gpu') says yes from 5.3.
+        major, minor = paddle.device.cuda.get_device_capability()
+        if major < 7 and not paddle.is_compiled_with_rocm():
+            raise UserError(f'--amp float16: this GPU has compute capability {major}.{minor}; '
+                            "Paddle's auto_cast needs 7.0 or higher; drop --amp")
     if amp == 'bfloat16' and not paddle.amp.is_bfloat16_supported('gpu'):
         raise UserError('--amp bfloat16: this GPU has no bfloat16 support; use --amp (float16)')
 
@@ -100,8 +103,10 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
 
     `batch_logger` gets a row per batch: loss and accuracy of the batch, and as the reference
     printed them, `data_time` (seconds waiting for the batch: a starved device shows here) and
-    `batch_time` (seconds from the previous batch to this one, data included). `read_interval`:
-    batches per read of the device's figures (default: `READ_INTERVAL` on GPU, 1 on CPU).
+    `batch_time` (seconds from the previous batch to this one, data included), read from the
+    device every `read_interval` batches in one transfer (default: utils'
+    `default_read_interval()`): the logged values are the same; only the progress bar's figures
+    move in steps of that many batches.
 
     In a data-parallel run the loss and accuracy of each batch are those of all processes'
     batches together, so every process returns (and the master logs) the same numbers.
@@ -113,7 +118,7 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
     losses, accuracies = AverageMeter(), AverageMeter()
     data_seconds = 0.0
     if read_interval is None:
-        read_interval = 1 if paddle.device.get_device() == 'cpu' else READ_INTERVAL
+        read_interval = default_read_interval()
     start = end = time.time()
     # per batch not yet read: (batch index, [loss * n, correct, n] on the device, data_time,
     # batch_time)

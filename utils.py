@@ -1,4 +1,5 @@
-"""Small helpers of the loops and scripts: errors and signals, meters and logs, seeds, VisualDL."""
+"""Small helpers of the loops and scripts: errors and signals (and how often a run reads them),
+meters and logs, seeds, VisualDL."""
 import csv
 import math
 import os
@@ -9,8 +10,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
-
-import numpy as np
 
 from environment import keep_freed_memory
 
@@ -78,27 +77,48 @@ class StopSignals:
             raise Interrupted(self.signum or signum)
 
     def watch(self, loader, together: bool = False) -> 'WatchedLoader':
-        """`loader` checked before each batch and at its end; `together` (training loaders of a
-        data-parallel run, whose processes take the same number of batches): `check_together`."""
-        return WatchedLoader(loader, self.check_together if together else self.check)
+        """`loader` checked before each batch and at its end. `together` (training loaders of a
+        data-parallel run, whose processes take the same number of batches): `check_together`,
+        an all-reduce and a read from the device, so before every `default_read_interval()`-th
+        batch only, as the training loop reads its figures, and at the end."""
+        if together:
+            return WatchedLoader(loader, self.check_together, default_read_interval())
+        return WatchedLoader(loader, self.check)
 
 
 class WatchedLoader:
-    """A data loader whose iteration calls `check()` before each batch and at its end."""
+    """A data loader whose iteration calls `check()` before every `every`-th batch (the first
+    too) and at its end."""
 
-    def __init__(self, loader, check: Callable[[], None]):
+    def __init__(self, loader, check: Callable[[], None], every: int = 1):
         self.loader = loader
         self.dataset = getattr(loader, 'dataset', None)
         self.check = check
+        self.every = every
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
-            self.check()
+        for i, batch in enumerate(self.loader):
+            if i % self.every == 0:
+                self.check()
             yield batch
         self.check()
+
+
+# Batches whose figures (the training loss and accuracy, the data-parallel stop signal) are read
+# from a GPU at once: one transfer and one all-reduce per interval instead of several per step.
+# A data-parallel run stops within this many batches of a signal (paddle.distributed.launch
+# kills its processes 30 s after it signals them: Controller.stop, pod.stop(timeout=30)).
+READ_INTERVAL = 10
+
+
+def default_read_interval() -> int:
+    """Batches per read of figures from the device: `READ_INTERVAL` on a GPU; 1 on the CPU,
+    where reading costs nothing."""
+    import paddle
+    return 1 if paddle.device.get_device() == 'cpu' else READ_INTERVAL
 
 
 def run_cli(main: Callable[[], object]) -> None:
@@ -212,6 +232,7 @@ class Logger:
 
 def set_seed(seed: int) -> None:
     """Seed Python's, NumPy's and Paddle's generators."""
+    import numpy as np
     import paddle
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -248,6 +269,7 @@ class WorkerSeeder:
         signal.signal(signal.SIGTERM, exit_quietly)
         seed = self.seed + 7919 * (worker_id + 1)
         random.seed(seed)
+        import numpy as np
         np.random.seed(seed % 2**32)
 
 

@@ -1,5 +1,6 @@
 """One validation pass: every clip of every validation video is one sample."""
 import time
+from typing import List
 
 import numpy as np
 import paddle
@@ -12,10 +13,14 @@ from training import autocast, calculate_loss, count_correct
 
 def with_clip_counts(collate_fn):
     """A collate_fn of several clips per video that also returns each video's number of clips,
-    so that a batch's clips can be grouped by video."""
+    so that a batch's clips can be grouped by video.
+
+    The counts are a list of ints: Paddle's DataLoader passes a list through as it is, but
+    would turn an array into a tensor on the device, to be read back for every batch.
+    """
     def collate(batch):
         clips, targets = collate_fn(batch)
-        return clips, targets, np.asarray([len(video_clips) for video_clips, _ in batch])
+        return clips, targets, [len(video_clips) for video_clips, _ in batch]
     return collate
 
 
@@ -59,9 +64,8 @@ def val_epoch(epoch: int, data_loader, model, logger=None, tb_writer=None, amp=N
     return loss, acc, video_acc, time.time() - start
 
 
-def video_correct(outputs: paddle.Tensor, targets: paddle.Tensor, counts) -> list:
+def video_correct(outputs: paddle.Tensor, targets: paddle.Tensor, counts: List[int]) -> list:
     """[correct videos, videos] of a batch whose clips come `counts[i]` per video, in order."""
-    counts = [int(c) for c in np.asarray(counts)]
     scores = F.softmax(outputs.astype('float32'), axis=1)
     first = np.cumsum([0] + counts[:-1]).tolist()
     # the mean score of each video's clips: a [videos, clips] averaging matrix

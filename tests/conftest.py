@@ -92,3 +92,19 @@ def cpu():
 def motion_data(tmp_path_factory):
     """(video_path, annotation_path) of the two-class motion set, made once per test session."""
     return make_motion_dataset(tmp_path_factory.mktemp('motion'))
+
+
+def count_host_reads(monkeypatch) -> list:
+    """A list that gets the method's name at every read of a tensor to the host from now on:
+    Tensor.numpy and Tensor.item (float(), int(), np.asarray, tolist and Paddle 2.6's
+    set_value(tensor) all call numpy). On a GPU each read waits for the device."""
+    import paddle
+    reads = []
+    for name in ('numpy', 'item'):
+        method = getattr(paddle.Tensor, name)
+
+        def spy(self, *args, _method=method, _name=name, **kwargs):
+            reads.append(_name)
+            return _method(self, *args, **kwargs)
+        monkeypatch.setattr(paddle.Tensor, name, spy)
+    return reads

@@ -17,10 +17,10 @@ import pytest
 import distributed
 import main
 from checkpoints import complete_checkpoints
-from conftest import ROOT, bar_video, make_motion_dataset, read_log, write_frames
+from conftest import ROOT, bar_video, count_host_reads, make_motion_dataset, read_log, write_frames
 from environment import launched_world
 from opts import parse_opts
-from utils import UserError, epoch_seed
+from utils import READ_INTERVAL, Interrupted, StopSignals, UserError, epoch_seed
 
 TINY = ['--dataset', 'ucf101', '--n_classes', '2', '--model_depth', '10',
         '--resnet_widen_factor', '0.25', '--sample_size', '32', '--sample_duration', '8',
@@ -243,6 +243,35 @@ def test_lost_peers_are_told_from_other_errors():
         RuntimeError('NCCL error in: all_reduce, remote process exited'))
     assert not distributed.is_lost_peer(RuntimeError('shape mismatch: [8, 3] vs [8, 4]'))
     assert not distributed.is_lost_peer(ValueError('gloo'))
+
+
+def test_the_stop_check_of_a_data_parallel_run_is_one_all_reduce_per_read_interval(monkeypatch):
+    # the processes agree on stopping with an all-reduce and a read from the GPU: as the training
+    # loop reads its figures, before every READ_INTERVAL-th batch and at the end
+    monkeypatch.setattr(paddle.device, 'get_device', lambda: 'gpu:0')
+    monkeypatch.setattr(paddle.distributed, 'get_world_size', lambda *args: 2)
+    batches = list(range(2 * READ_INTERVAL + 5))
+    yielded, reduced_after = [], []
+    peer_signalled_in = len(batches)  # the batch during which the other process is signalled
+
+    def all_reduce(tensor, op=None, *args, **kwargs):  # the other process's signal: SIGTERM
+        reduced_after.append(len(yielded))
+        if len(yielded) > peer_signalled_in:
+            paddle.assign(paddle.full_like(tensor, int(signal.SIGTERM)), tensor)
+    monkeypatch.setattr(paddle.distributed, 'all_reduce', all_reduce)
+    reads = count_host_reads(monkeypatch)
+    with StopSignals(repeat_raises=False) as stop:
+        for batch in stop.watch(batches, together=True):
+            yielded.append(batch)
+    assert yielded == batches
+    assert reduced_after == [0, READ_INTERVAL, 2 * READ_INTERVAL, len(batches)]
+    assert reads == ['numpy'] * 4
+    # the other process signalled during batch 12: both stop before batch 20
+    yielded, peer_signalled_in = [], 12
+    with StopSignals(repeat_raises=False) as stop, pytest.raises(Interrupted) as stopped:
+        for batch in stop.watch(batches, together=True):
+            yielded.append(batch)
+    assert yielded == list(range(2 * READ_INTERVAL)) and stopped.value.signum == signal.SIGTERM
 
 
 # --- options, without launching ---------------------------------------------------------------

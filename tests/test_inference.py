@@ -5,6 +5,7 @@ import numpy as np
 import paddle
 import pytest
 
+from conftest import count_host_reads
 from inference import get_video_results, inference
 
 CLASS_NAMES = {0: 'a', 1: 'b', 2: 'c'}
@@ -56,6 +57,18 @@ def test_no_average_keeps_each_segment(tmp_path):
     assert [r['segment'] for r in v1] == [[1, 17], [17, 33], [33, 40]]
     assert [r['result'][0]['label'] for r in v1] == ['c', 'a', 'c']
     assert v1[2]['result'][0]['score'] == pytest.approx(softmax([0, 0, 3])[2], rel=1e-6)
+
+
+def test_dygraph_scores_are_read_from_the_device_once(monkeypatch):
+    expected = inference(BATCHES, FirstPixels(), None, CLASS_NAMES, True, 3, backend='dygraph')
+    reads = count_host_reads(monkeypatch)
+    batches = BATCHES * 3
+    result = inference(batches, FirstPixels(), None, CLASS_NAMES, True, 3, backend='dygraph')
+    # the first batch's clip (a sample for the predictor's export), then all scores at once
+    assert reads == ['numpy'] * 2
+    monkeypatch.undo()
+    # the same outputs: each video's clips three times over
+    assert result['results'] == {video: clips * 3 for video, clips in expected['results'].items()}
 
 
 def test_topk_is_capped_at_the_number_of_classes():

@@ -7,6 +7,7 @@ import numpy as np
 import paddle
 import pytest
 
+from conftest import count_host_reads
 from model import generate_model, get_fine_tuning_parameters, load_pretrained_model
 from models import resnet
 from utils import UserError
@@ -135,3 +136,21 @@ def test_densenet_gets_a_new_classifier(tmp_path):
     assert model.classifier.weight.shape[1] == 3
     chosen = param_names(model, get_fine_tuning_parameters(model, 'denseblock4'))
     assert chosen[0].startswith('features.denseblock4.') and chosen[-1] == 'classifier.bias'
+
+
+def test_the_running_variance_is_corrected_on_the_device(monkeypatch):
+    # Paddle 2.6's set_value(tensor) went through NumPy: a GPU sync per BatchNorm layer and step
+    model = generate_model(opt())
+    model.train()
+    x = paddle.randn([2, 3, 2, 8, 8])
+    bn = model.bn1
+    before = bn._variance.numpy()
+    reads = count_host_reads(monkeypatch)
+    loss = model(x).mean()
+    loss.backward()  # batch_norm's backward accepts how the running variance was changed
+    assert reads == []
+    monkeypatch.undo()
+    # bn1's running variance tracks the unbiased batch variance of conv1's output, as PyTorch's
+    h = model.conv1(x).numpy()  # [N, C, T, H, W]
+    expected = bn._momentum * before + (1 - bn._momentum) * h.var(axis=(0, 2, 3, 4), ddof=1)
+    np.testing.assert_allclose(bn._variance.numpy(), expected, rtol=1e-5)  # biased: 1e-4 off

@@ -1,8 +1,8 @@
 """models.onednn hands oneDNN host memory only: tensors on another device (a GPU) run Paddle's
 kernel without loading libdnnl, and results are allocated where the input is, whatever the
 default device. There is no GPU here: the tests make chosen tensors report a GPU place (their
-data stays on the CPU, so Paddle's kernel still runs), and make `paddle.empty` refuse to
-allocate on the default device."""
+data stays on the CPU, so Paddle's kernel still runs), and check that every allocation takes a
+place a tensor gave, not the default device's."""
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -60,14 +60,49 @@ def test_tensors_off_the_cpu_run_paddles_kernel_without_loading_onednn(monkeypat
     assert onednn._library is None
 
 
-def test_results_are_allocated_on_the_inputs_place_not_the_default_device(monkeypatch):
-    empty = paddle.empty
+@pytest.mark.parametrize('entry', ['layer', 'function'])
+def test_pooling_off_the_cpu_runs_paddles_kernel_without_loading_onednn(monkeypatch, unloaded,
+                                                                         entry):
+    x = paddle.randn([1, 2, 4, 8, 8])
+    expected = F.max_pool3d(x, 3, 2, 1).numpy()
+    calls = []
+    pool = F.max_pool3d
+    monkeypatch.setattr(F, 'max_pool3d', lambda *args, **kwargs: calls.append(args) or pool(
+        *args, **kwargs))
+    report_gpu_place(monkeypatch, x)
+    if entry == 'layer':
+        y = onednn.MaxPool3D(3, 2, 1)(x)
+    else:
+        y = onednn.max_pool3d(x, [3, 3, 3], [2, 2, 2], [1, 1, 1])
+    np.testing.assert_array_equal(y.numpy(), expected)
+    assert len(calls) == 1 and onednn._library is None
 
-    def empty_on_device(shape, dtype=None, *args, device=None, **kwargs):
-        if device is None:
-            raise AssertionError('allocated on the default device (a GPU on GPU machines)')
-        return empty(shape, dtype, *args, device=device, **kwargs)
-    monkeypatch.setattr(paddle, 'empty', empty_on_device)
+
+@pytest.fixture
+def allocations(monkeypatch):
+    """[(shape, place)] of every paddle._C_ops.empty call, whose place must be one a tensor's
+    `.place` returned: paddle.empty(shape) passes the default device's (a GPU on GPU machines;
+    the CPU here, which no other test could tell from the input's)."""
+    from_tensors = []  # kept alive: `is` tells them apart
+    place = paddle.Tensor.place  # the C property
+
+    def recorded_place(t):
+        from_tensors.append(place.__get__(t))
+        return from_tensors[-1]
+    monkeypatch.setattr(paddle.Tensor, 'place', property(recorded_place))
+    calls = []
+    empty = paddle._C_ops.empty
+
+    def spy(shape, dtype, at):
+        assert any(at is p for p in from_tensors), 'allocated on the default device'
+        calls.append((list(shape), at))
+        return empty(shape, dtype, at)
+    monkeypatch.setattr(paddle._C_ops, 'empty', spy)
+    return calls
+
+
+def test_results_are_allocated_on_the_inputs_place_not_the_default_device(monkeypatch,
+                                                                            allocations):
     rng = np.random.default_rng(0)
     x_value = rng.standard_normal([5, 4, 6, 8, 8], dtype=np.float32)
     w_value = rng.standard_normal([4, 4, 3, 3, 3], dtype=np.float32)
@@ -80,6 +115,16 @@ def test_results_are_allocated_on_the_inputs_place_not_the_default_device(monkey
         y = conv(x, w)
         (y * y).sum().backward()
         results.append([y.numpy(), x.grad.numpy(), w.grad.numpy()])
-        assert all(t.place.is_cpu_place() for t in (y, x.grad, w.grad))
     for actual, expected in zip(*results):
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-3)
+    # y, then grad_x, grad_w and the chunks' grad_w
+    assert [shape for shape, _ in allocations] == [list(y.shape), list(x.shape),
+                                                   list(w.shape), list(w.shape)]
+    assert all(place._equals(x.place) for _, place in allocations)
+
+    allocations.clear()
+    y = onednn.max_pool3d(x, [3, 3, 3], [2, 2, 2], [1, 1, 1])
+    y.sum().backward()
+    shapes = [shape for shape, _ in allocations]  # y, the argmax workspace, grad_x
+    assert len(shapes) == 3 and shapes[0] == list(y.shape) and shapes[2] == list(x.shape)
+    assert all(place._equals(x.place) for _, place in allocations)

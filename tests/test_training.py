@@ -8,7 +8,11 @@ import paddle
 import pytest
 
 import training
+import utils
 import validation
+from datasets import videodataset_multiclips as multiclips
+from conftest import count_host_reads
+from distributed import all_sum
 from models import onednn
 from utils import UserError
 
@@ -43,11 +47,15 @@ def test_amp_puts_the_3d_convolutions_on_the_half_precision_list(monkeypatch):
         assert 'batch_norm' not in white and 'softmax_with_cross_entropy' in black
 
 
-def test_float16_on_an_old_gpu_is_refused_with_one_line(monkeypatch):
-    monkeypatch.setattr(paddle.amp, 'is_float16_supported', lambda device=None: False)
-    with pytest.raises(UserError, match='--amp float16: this GPU has no fast float16'):
-        training.check_amp('float16', 'gpu')
+def test_float16_below_compute_capability_7_is_refused_with_one_line(monkeypatch):
+    # a GPU of capability 6.1: is_float16_supported says yes (it does from 5.3), auto_cast
+    # switches itself off (below 7.0)
     monkeypatch.setattr(paddle.amp, 'is_float16_supported', lambda device=None: True)
+    monkeypatch.setattr(paddle, 'is_compiled_with_rocm', lambda: False)
+    monkeypatch.setattr(paddle.device.cuda, 'get_device_capability', lambda device=None: (6, 1))
+    with pytest.raises(UserError, match=r'--amp float16: .* compute capability 6\.1'):
+        training.check_amp('float16', 'gpu')
+    monkeypatch.setattr(paddle.device.cuda, 'get_device_capability', lambda device=None: (7, 0))
     training.check_amp('float16', 'gpu')  # a capable GPU: accepted
     with pytest.raises(UserError, match='--amp float16 needs a GPU'):
         training.check_amp('float16', 'cpu')
@@ -83,23 +91,31 @@ class Recorder:
         self.rows.append(dict(row))
 
 
-def test_batch_log_rows_are_those_of_each_step_though_read_in_intervals():
+def test_batch_log_rows_are_those_of_each_step_though_read_in_intervals(monkeypatch):
     paddle.seed(0)
     rng = np.random.default_rng(0)
     batches = [(paddle.to_tensor(rng.normal(size=(3, 4)).astype('float32')),
                 paddle.to_tensor(rng.integers(0, 2, size=3)))
-               for _ in range(training.READ_INTERVAL + 3)]
+               for _ in range(utils.READ_INTERVAL + 3)]
 
-    def run(interval):
+    def run(device):
         paddle.seed(1)
         model = paddle.nn.Linear(4, 2)
         optimizer = paddle.optimizer.SGD(0.1, parameters=model.parameters())
         batch_log, epoch_log = Recorder(), Recorder()
-        result = training.train_epoch(1, batches, model, optimizer, 0.1, epoch_log, batch_log,
-                                      read_interval=interval)
-        return batch_log.rows, epoch_log.rows, result[:2]
+        monkeypatch.setattr(paddle.device, 'get_device', lambda: device)  # the default interval
+        all_sums = []  # of a data-parallel run: an all-reduce each
+        monkeypatch.setattr(training, 'all_sum',
+                            lambda values: all_sums.append(values) or all_sum(values))
+        reads = count_host_reads(monkeypatch)
+        result = training.train_epoch(1, batches, model, optimizer, 0.1, epoch_log, batch_log)
+        monkeypatch.undo()
+        return batch_log.rows, epoch_log.rows, result[:2], len(reads), len(all_sums)
 
-    stepwise, read_in_intervals = run(1), run(training.READ_INTERVAL)
+    stepwise, read_in_intervals = run('cpu'), run('gpu:0')
+    # on a GPU one read and one all-reduce per READ_INTERVAL batches, the last ones at the end
+    assert stepwise[3:] == (len(batches), len(batches))
+    assert read_in_intervals[3:] == (2, 2)
     assert len(stepwise[0]) == len(batches)
     for a, b in zip(stepwise[0], read_in_intervals[0]):
         assert a.keys() == b.keys() and a['batch'] == b['batch']
@@ -127,11 +143,32 @@ def test_val_epoch_reports_clip_and_video_accuracy():
     model.weight.set_value(np.eye(2, dtype='float32'))
     model.bias.set_value(np.zeros(2, 'float32'))
     batch = (paddle.to_tensor([[5.0, 0.0], [0.0, 0.5], [0.0, 3.0]]), paddle.to_tensor([1, 1, 1]),
-             np.array([2, 1]))
+             [2, 1])
     log = Recorder()
     loss, clip_acc, video_acc, _ = validation.val_epoch(1, [batch], model, log)
     assert clip_acc == pytest.approx(2 / 3) and video_acc == 0.5
     assert log.rows == [{'epoch': 1, 'loss': loss, 'acc': clip_acc, 'video_acc': video_acc}]
+
+
+class MultiClipVideos(paddle.io.Dataset):
+    """Video i: i % 3 + 1 clips [1, 2], labelled i % 2 (VideoDatasetMultiClips' samples)."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        n = i % 3 + 1
+        return [np.full([1, 2], i, 'float32')] * n, [i % 2] * n
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_clip_counts_stay_a_list_of_ints_on_the_host(workers):
+    # an array would become a tensor on the device, read back for every batch
+    loader = paddle.io.DataLoader(MultiClipVideos(), batch_size=2, num_workers=workers,
+                                  collate_fn=validation.with_clip_counts(multiclips.collate_fn))
+    counts = [batch[2] for batch in loader]
+    assert [type(c) for c in counts] == [list, list]
+    assert counts == [[1, 2], [3, 1]] and {type(c) for batch in counts for c in batch} == {int}
 
 
 class SlowLoader:
