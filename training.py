@@ -33,16 +33,16 @@ def check_amp(amp, device: str) -> None:
             raise UserError('--amp bfloat16: this CPU has no bfloat16 instructions (avx512_bf16 '
                             'or amx_bf16 in lscpu) or oneDNN could not be loaded; drop --amp')
         return
-    if amp == 'float16':
-        # auto_cast's own test (_is_gpu_float16_supported in paddle/amp/auto_cast.py, 2.6 and
-        # 3.x): below 7.0 it switches itself off while GradScaler would go on scaling.
-        # is_float16_supported('gpu') says yes from 5.3.
-        major, minor = paddle.device.cuda.get_device_capability()
-        if major < 7 and not paddle.is_compiled_with_rocm():
-            raise UserError(f'--amp float16: this GPU has compute capability {major}.{minor}; '
-                            "Paddle's auto_cast needs 7.0 or higher; drop --amp")
-    if amp == 'bfloat16' and not paddle.amp.is_bfloat16_supported('gpu'):
-        raise UserError('--amp bfloat16: this GPU has no bfloat16 support; use --amp (float16)')
+    # auto_cast's own tests (_is_gpu_float16_supported, _is_gpu_bfloat16_supported in
+    # paddle/amp/auto_cast.py, 2.6 and 3.x): below compute capability 7.0 (float16) or 8.0
+    # (bfloat16) it switches itself off, while GradScaler would go on scaling.
+    # paddle.amp.is_float16_supported('gpu') says yes from 5.3.
+    needed = {'float16': 7, 'bfloat16': 8}[amp]
+    major, minor = paddle.device.cuda.get_device_capability()
+    if major < needed and not paddle.is_compiled_with_rocm():
+        hint = 'drop --amp' if amp == 'float16' else 'use --amp (float16) or drop --amp'
+        raise UserError(f'--amp {amp}: this GPU has compute capability {major}.{minor}; '
+                        f"Paddle's auto_cast needs {needed}.0 or higher for {amp}; {hint}")
 
 
 def autocast(amp):

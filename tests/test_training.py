@@ -47,7 +47,8 @@ def test_amp_puts_the_3d_convolutions_on_the_half_precision_list(monkeypatch):
         assert 'batch_norm' not in white and 'softmax_with_cross_entropy' in black
 
 
-def test_float16_below_compute_capability_7_is_refused_with_one_line(monkeypatch):
+def test_half_precision_below_auto_casts_compute_capability_is_refused_with_one_line(
+        monkeypatch):
     # a GPU of capability 6.1: is_float16_supported says yes (it does from 5.3), auto_cast
     # switches itself off (below 7.0)
     monkeypatch.setattr(paddle.amp, 'is_float16_supported', lambda device=None: True)
@@ -57,6 +58,12 @@ def test_float16_below_compute_capability_7_is_refused_with_one_line(monkeypatch
         training.check_amp('float16', 'gpu')
     monkeypatch.setattr(paddle.device.cuda, 'get_device_capability', lambda device=None: (7, 0))
     training.check_amp('float16', 'gpu')  # a capable GPU: accepted
+    # bfloat16 from 8.0 (Ampere), as auto_cast tests it
+    monkeypatch.setattr(paddle.amp, 'is_bfloat16_supported', lambda device=None: True)
+    with pytest.raises(UserError, match=r'--amp bfloat16: .* compute capability 7\.0; .* 8\.0'):
+        training.check_amp('bfloat16', 'gpu')
+    monkeypatch.setattr(paddle.device.cuda, 'get_device_capability', lambda device=None: (8, 0))
+    training.check_amp('bfloat16', 'gpu')
     with pytest.raises(UserError, match='--amp float16 needs a GPU'):
         training.check_amp('float16', 'cpu')
 
