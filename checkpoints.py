@@ -30,6 +30,10 @@ from utils import BestScores, UserError
 # .pdopt a momentum buffer per trainable parameter (2x together); 3x leaves room for the logs.
 CHECKPOINT_SIZE_FACTOR = 3
 CHECKPOINT_NAME = re.compile(r'save_(\d+)\.(pdparams|pdopt)')
+# What a .pdopt holds; a key outside these is damage (a flipped bit that renamed
+# 'state_sha256' would otherwise pass for a checkpoint of a version without it).
+STATE_KEYS = {'epoch', 'arch', 'optimizer', 'scheduler', 'best', 'rng', 'scaler',
+              'weights_sha256', 'state_sha256'}
 
 
 class Checkpoint(NamedTuple):
@@ -135,7 +139,7 @@ def read_checkpoint(path: Path, arch: str) -> Checkpoint:
     state = _load(pdopt)
     if not isinstance(state, dict) or 'epoch' not in state:
         raise DamagedCheckpoint(f'{pdopt} is not the training state of a checkpoint')
-    if 'state_sha256' in state and state_digest(state) != state['state_sha256']:
+    if not _state_intact(state):
         raise DamagedCheckpoint(f'{pdopt} is damaged: its contents do not match their checksum')
     if path.stat().st_size == 0:
         raise DamagedCheckpoint(f'{path} is damaged: empty')
@@ -144,6 +148,14 @@ def read_checkpoint(path: Path, arch: str) -> Checkpoint:
         raise UserError(f'--resume_path {path} was saved by {state.get("arch")}, '
                         f'but the model is {arch}')
     return Checkpoint(path, _load(path), state)
+
+
+def _state_intact(state: dict) -> bool:
+    """Whether a .pdopt's contents are those written (its checksum; older checkpoints have
+    none)."""
+    if not set(state) <= STATE_KEYS:
+        return False
+    return 'state_sha256' not in state or state_digest(state) == state['state_sha256']
 
 
 def _check_weights(path: Path, state: dict) -> None:
@@ -161,10 +173,10 @@ def verify_weights(path: Path) -> None:
     if not CHECKPOINT_NAME.fullmatch(path.name) or not pdopt.is_file():
         return
     try:
-        state = paddle.load(str(pdopt))
+        state = paddle.load(str(pdopt), return_numpy=True)  # arrays: nothing on a GPU
     except Exception:  # the weights may still be good: paddle.load judges them next
         return
-    if isinstance(state, dict):
+    if isinstance(state, dict) and _state_intact(state):  # a damaged .pdopt proves nothing
         _check_weights(path, state)
 
 

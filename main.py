@@ -185,14 +185,16 @@ def main_worker(opt, stop: StopSignals):
         (train_loader, train_logger, train_batch_logger, optimizer,
          scheduler) = get_train_utils(opt, parameters)
         scaler = make_grad_scaler(opt.amp)
-        # DataParallel averages the gradients over the processes in backward
-        train_model = paddle.DataParallel(model) if opt.distributed else model
     if not opt.no_val:
         val_loader, val_logger = get_val_utils(opt)
     overwrite = opt.overwrite_milestones and opt.lr_scheduler == 'multistep'
     best = restore_training_state(checkpoint, model, optimizer, scheduler, scaler,
                                   opt.multistep_milestones if overwrite else None)
     del checkpoint  # its arrays are in the model and the optimizer now
+    if not opt.no_train:
+        # DataParallel gives every process rank 0's weights (the resumed ones) and averages the
+        # gradients over the processes in backward
+        train_model = paddle.DataParallel(model) if opt.distributed else model
 
     for epoch in range(opt.begin_epoch, opt.n_epochs + 1):
         if opt.no_train and opt.no_val:

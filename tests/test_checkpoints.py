@@ -103,6 +103,19 @@ def empty(path):
     path.write_bytes(b'')
 
 
+def flip_a_bit_of_the_weights_checksum(path):
+    """A flip in a .pdopt that leaves it readable: in the recorded SHA-256 of the weights."""
+    digest = paddle.load(str(path))['weights_sha256'].encode()
+    data = bytearray(path.read_bytes())
+    data[data.index(digest)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def rename_the_state_checksum(path):
+    """A flip in the name of the key 'state_sha256': a .pdopt as of a version without it."""
+    path.write_bytes(path.read_bytes().replace(b'state_sha256', b'state_sha257'))
+
+
 DAMAGES = {
     'truncated weights': ('pdparams', truncate, r'save_2.pdparams is damaged'),
     'bit-flipped weights': ('pdparams', flip_a_bit, r'save_2.pdparams is damaged: its contents '
@@ -110,9 +123,10 @@ DAMAGES = {
     'empty weights': ('pdparams', empty, r'save_2.pdparams is damaged: empty'),
     'truncated state': ('pdopt', truncate, r'save_2.pdopt is damaged: unreadable'),
     'empty state': ('pdopt', empty, r'save_2.pdopt is damaged: empty'),
-    # a flip that leaves the file readable: found by the checksum of the state
-    'bit-flipped state': ('pdopt', flip_a_bit, r'save_2.pdopt is damaged: its contents do not '
-                                               r'match their checksum'),
+    'bit-flipped state': ('pdopt', flip_a_bit_of_the_weights_checksum,
+                          r'save_2.pdopt is damaged: its contents do not match their checksum'),
+    'renamed state checksum': ('pdopt', rename_the_state_checksum,
+                               r'save_2.pdopt is damaged: its contents do not match'),
     'state without weights': ('pdparams', os.remove, r'save_2.pdparams is missing'),
 }
 
@@ -222,3 +236,31 @@ def test_pretrained_weights_load_without_a_pdopt_and_beside_an_unreadable_one(tm
     assert float(load_state_dict(tmp_path / 'save_2.pdparams')['weight'][0, 0]) == 2.0
     (tmp_path / 'save_2.pdopt').unlink()
     assert float(load_state_dict(tmp_path / 'save_2.pdparams')['weight'][0, 0]) == 2.0
+
+
+def stepped(value):
+    """A TinyState after a step: momentum buffers and a scheduler step in its checkpoint."""
+    state = TinyState(value)
+    state.model(paddle.ones([1, 2])).sum().backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    return state
+
+
+def test_a_checkpoint_of_a_version_without_checksums_loads(tmp_path):
+    tiny = stepped(2.0)
+    tiny.save(tmp_path, 2)
+    state = paddle.load(str(tmp_path / 'save_2.pdopt'))
+    del state['weights_sha256'], state['state_sha256']
+    paddle.save(state, str(tmp_path / 'save_2.pdopt'))
+    checkpoint = load_checkpoint(tmp_path, 'tiny')
+    assert checkpoint.state['epoch'] == 2
+    np.testing.assert_array_equal(checkpoint.weights['weight'].numpy(), tiny.model.weight.numpy())
+
+
+def test_pretrained_weights_beside_a_damaged_pdopt_are_judged_by_themselves(tmp_path):
+    tiny = stepped(2.0)
+    tiny.save(tmp_path, 2)
+    flip_a_bit_of_the_weights_checksum(tmp_path / 'save_2.pdopt')  # the weights are intact
+    np.testing.assert_array_equal(load_state_dict(tmp_path / 'save_2.pdparams')['weight'],
+                                  tiny.model.weight.numpy())
