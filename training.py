@@ -33,9 +33,10 @@ def check_amp(amp, device: str) -> None:
             raise UserError('--amp bfloat16: this CPU has no bfloat16 instructions (avx512_bf16 '
                             'or amx_bf16 in lscpu) or oneDNN could not be loaded; drop --amp')
         return
-    # auto_cast's own tests (_is_gpu_float16_supported, _is_gpu_bfloat16_supported in
+    # auto_cast's capability tests (_is_gpu_float16_supported, _is_gpu_bfloat16_supported in
     # paddle/amp/auto_cast.py, 2.6 and 3.x): below compute capability 7.0 (float16) or 8.0
-    # (bfloat16) it switches itself off, while GradScaler would go on scaling.
+    # (bfloat16) it switches itself off, while GradScaler would go on scaling. (Its bfloat16 test
+    # also asks for CUDA 11, which every build for capability 8.0 is.)
     # paddle.amp.is_float16_supported('gpu') says yes from 5.3.
     needed = {'float16': 7, 'bfloat16': 8}[amp]
     major, minor = paddle.device.cuda.get_device_capability()
@@ -126,9 +127,16 @@ def train_epoch(epoch: int, data_loader, model, optimizer, current_lr: float,
 
     def read_pending():
         """Log the pending batches with one transfer (and one all-reduce) for all."""
+        nonlocal end
         if not pending:
             return
         sums = all_sum(paddle.stack([values for _, values, *_ in pending]).numpy().ravel())
+        # the wait for the device (and the other processes) is the last batch's time, not the
+        # next batch's time waiting for data
+        now = time.time()
+        i, values, data_time, batch_time = pending[-1]
+        pending[-1] = (i, values, data_time, batch_time + now - end)
+        end = now
         for (i, _, data_time, batch_time), (loss_sum, correct, n) in zip(pending,
                                                                        sums.reshape(-1, 3)):
             losses.update(loss_sum / n, n)

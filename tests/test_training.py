@@ -51,7 +51,6 @@ def test_half_precision_below_auto_casts_compute_capability_is_refused_with_one_
         monkeypatch):
     # a GPU of capability 6.1: is_float16_supported says yes (it does from 5.3), auto_cast
     # switches itself off (below 7.0)
-    monkeypatch.setattr(paddle.amp, 'is_float16_supported', lambda device=None: True)
     monkeypatch.setattr(paddle, 'is_compiled_with_rocm', lambda: False)
     monkeypatch.setattr(paddle.device.cuda, 'get_device_capability', lambda device=None: (6, 1))
     with pytest.raises(UserError, match=r'--amp float16: .* compute capability 6\.1'):
@@ -59,7 +58,6 @@ def test_half_precision_below_auto_casts_compute_capability_is_refused_with_one_
     monkeypatch.setattr(paddle.device.cuda, 'get_device_capability', lambda device=None: (7, 0))
     training.check_amp('float16', 'gpu')  # a capable GPU: accepted
     # bfloat16 from 8.0 (Ampere), as auto_cast tests it
-    monkeypatch.setattr(paddle.amp, 'is_bfloat16_supported', lambda device=None: True)
     with pytest.raises(UserError, match=r'--amp bfloat16: .* compute capability 7\.0; .* 8\.0'):
         training.check_amp('bfloat16', 'gpu')
     monkeypatch.setattr(paddle.device.cuda, 'get_device_capability', lambda device=None: (8, 0))
@@ -204,3 +202,22 @@ def test_waiting_for_data_is_logged_per_batch_and_summed_per_epoch():
     assert [row['data_time'] >= 0.05 for row in log.rows] == [True] * 3
     assert all(row['batch_time'] >= row['data_time'] for row in log.rows)
     assert 0.15 <= result.data_seconds <= result.seconds
+
+
+def test_the_wait_for_the_device_is_the_time_of_the_batches_read_not_data_time(monkeypatch):
+    # a GPU's figures read every READ_INTERVAL batches: the read waits for the device, here a
+    # slow all-reduce; that wait belongs to the last batch read, not to the next one's data wait
+    rng = np.random.default_rng(0)
+    batches = [(paddle.to_tensor(rng.normal(size=(2, 4)).astype('float32')),
+                paddle.to_tensor(rng.integers(0, 2, size=2)))
+               for _ in range(2 * utils.READ_INTERVAL)]
+    model = paddle.nn.Linear(4, 2)
+    optimizer = paddle.optimizer.SGD(0.1, parameters=model.parameters())
+    monkeypatch.setattr(paddle.device, 'get_device', lambda: 'gpu:0')
+    monkeypatch.setattr(training, 'all_sum', lambda values: time.sleep(0.3) or values)
+    batch_log = Recorder()
+    training.train_epoch(1, batches, model, optimizer, 0.1, None, batch_log)
+    rows = batch_log.rows
+    assert max(row['data_time'] for row in rows) < 0.25
+    read_at = [row['batch'] for row in rows if row['batch_time'] >= 0.3]
+    assert read_at == [utils.READ_INTERVAL, 2 * utils.READ_INTERVAL]
