@@ -264,12 +264,12 @@ class WorkerSeeder:
         self.seed = seed  # set per epoch (and process) by the training loop
 
     def __call__(self, worker_id: int) -> None:
+        import numpy as np
         keep_freed_memory()  # inherited when forked; not when started by spawn or forkserver
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, exit_quietly)
         seed = self.seed + 7919 * (worker_id + 1)
         random.seed(seed)
-        import numpy as np
         np.random.seed(seed % 2**32)
 
 
