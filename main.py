@@ -191,10 +191,9 @@ def main_worker(opt, stop: StopSignals):
     best = restore_training_state(checkpoint, model, optimizer, scheduler, scaler,
                                   opt.multistep_milestones if overwrite else None)
     del checkpoint  # its arrays are in the model and the optimizer now
-    if not opt.no_train:
-        # DataParallel gives every process rank 0's weights (the resumed ones) and averages the
-        # gradients over the processes in backward
-        train_model = paddle.DataParallel(model) if opt.distributed else model
+    # DataParallel gives every process rank 0's weights (the resumed ones) and averages the
+    # gradients over the processes in backward
+    train_model = paddle.DataParallel(model) if opt.distributed and not opt.no_train else model
 
     for epoch in range(opt.begin_epoch, opt.n_epochs + 1):
         if opt.no_train and opt.no_val:

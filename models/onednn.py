@@ -327,6 +327,14 @@ class _Pass(NamedTuple):
     scratchpad: _c  # descriptor of the scratch memory it asks for
     scratchpad_bytes: int
 
+    def execute(self, library: '_Library', memories: dict) -> None:
+        """Run the primitive on `memories` (argument -> memory), its scratch memory in the
+        shared workspace."""
+        if self.scratchpad_bytes:
+            memories['scratchpad'] = library.memory(
+                self.scratchpad, _workspace(_SCRATCHPAD_SLOT, self.scratchpad_bytes))
+        library.execute(self.primitive, memories)
+
 
 def _weights_pass_padding(key: _PlanKey) -> tuple:
     """The zeros a bfloat16 plan adds around x, per spatial dimension, before its
@@ -437,10 +445,7 @@ class _Plan:
         for arg, address in inputs.items():
             memories[arg] = step.operands[arg].load(address, _SLOTS[name][arg])
         memories[output] = step.operands[output].target(pointer, _SLOTS[name][output])
-        if step.scratchpad_bytes:
-            memories['scratchpad'] = self.library.memory(
-                step.scratchpad, _workspace(_SCRATCHPAD_SLOT, step.scratchpad_bytes))
-        self.library.execute(step.primitive, memories)
+        step.execute(self.library, memories)
         step.operands[output].store(memories[output], pointer)
 
     def backward(self, x: int, weight: int, grad_y: int, grad_x: Optional[int],
@@ -597,14 +602,14 @@ class compute_dtype:
 
 def _cached(cache: collections.OrderedDict, key, make):
     """`cache[key]`, made by `make()` on first use; the least recently used entry leaves."""
-    plan = cache.get(key)
-    if plan is None:
-        plan = cache[key] = make()
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
         if len(cache) > PLAN_CACHE_SIZE:
             cache.popitem(last=False)
     else:
         cache.move_to_end(key)
-    return plan
+    return value
 
 
 def _plan(key: _PlanKey) -> _Plan:
@@ -786,11 +791,7 @@ class _PoolPlan:
             pass
 
     def run(self, name: str, memories: dict) -> None:
-        step = self.passes[name]
-        if step.scratchpad_bytes:
-            memories['scratchpad'] = self.library.memory(
-                step.scratchpad, _workspace(_SCRATCHPAD_SLOT, step.scratchpad_bytes))
-        self.library.execute(step.primitive, memories)
+        self.passes[name].execute(self.library, memories)
         self.library.release()
 
     def forward(self, x: paddle.Tensor):
