@@ -17,7 +17,7 @@ from datasets import get_inference_data, get_training_data, get_validation_data
 from datasets.data_loader import make_data_loader
 from distributed import (average_batch_norm_stats, init_distributed, is_lost_peer,
                          resolve_distributed, sync_batch_norm)
-from model import (generate_model, get_device, get_fine_tuning_parameters,
+from model import (check_state_dict, generate_model, get_device, get_fine_tuning_parameters,
                    load_pretrained_model)
 from opts import parse_opts, resolve_model_input
 from spatial_transforms import (get_inference_spatial_transform,
@@ -174,6 +174,7 @@ def main_worker(opt, stop: StopSignals):
     checkpoint = None
     if opt.resume_path is not None:  # every process loads the same checkpoint
         checkpoint = load_checkpoint(opt.resume_path, opt.arch)
+        check_state_dict(model, checkpoint.weights, checkpoint.path)  # e.g. another width
         opt.begin_epoch = checkpoint.state['epoch'] + 1
         log(f'resuming from {checkpoint.path} at epoch {opt.begin_epoch}')
 

@@ -12,6 +12,7 @@ import main
 from conftest import ROOT, read_log
 from models import onednn
 from opts import get_parser
+from utils import UserError
 
 TINY = ['--dataset', 'ucf101', '--n_classes', '2', '--model_depth', '10', '--sample_size', '32',
         '--sample_duration', '8', '--batch_size', '8', '--learning_rate', '0.01',
@@ -68,6 +69,17 @@ def test_result_files(trained, motion_data):
     for video in results.values():
         assert [r['label'] for r in video] in (['up', 'down'], ['down', 'up'])
         assert sum(r['score'] for r in video) == pytest.approx(1, abs=1e-5)
+
+
+def test_resuming_a_checkpoint_of_another_width_is_one_line(trained, motion_data, tmp_path):
+    # the same arch name (resnet-10), other shapes: Paddle's set_state_dict would skip them all
+    # with warnings and go on with fresh weights
+    with pytest.raises(UserError, match=r'^weights .*save_6.pdparams do not fit the model; '
+                                        r'shape mismatch: conv1.weight: file \[64, 3, 7, 7, 7\] '
+                                        r'vs model \[32, 3, 7, 7, 7\]'):
+        run(motion_data, tmp_path, '--resnet_widen_factor', '0.5', '--no_train', '--no_val',
+            '--inference', '--resume_path', str(trained / 'save_6.pdparams'))
+    assert not (tmp_path / 'val.json').exists()
 
 
 def test_resume_reproduces_the_uninterrupted_run(motion_data, tmp_path):
