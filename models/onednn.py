@@ -101,6 +101,7 @@ _GEOMETRY = [_dims] * 4  # strides, dilates, padding_l, padding_r
 _SIGNATURES = {
     'dnnl_version': (ctypes.POINTER(_Version), []),
     'dnnl_get_effective_cpu_isa': (_int, []),
+    'dnnl_set_verbose': (_status, [_int]),
     'dnnl_engine_create': (_status, [_out, _int, ctypes.c_size_t]),
     'dnnl_stream_create': (_status, [_out, _c, ctypes.c_uint]),
     'dnnl_stream_wait': (_status, [_c]),

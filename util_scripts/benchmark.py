@@ -1,9 +1,9 @@
 """Clips per second and peak memory of training, inference and the data pipeline, beside PyTorch.
 
     python -m util_scripts.benchmark [--model_depth 18 50] [--batch_size 8] [--sample_duration 16]
-        [--sample_size 112] [--repeats 5] [--jobs train infer data loader_memory] [--threads N]
-        [--quick] [--video_path DIR --annotation_path A.json [--file_type jpg|hdf5|video]
-        [--dataset ucf101] [--data_videos 16]]
+        [--sample_size 112] [--repeats 5] [--jobs train infer data loader_memory profile]
+        [--threads N] [--quick] [--video_path DIR --annotation_path A.json
+        [--file_type jpg|hdf5|video] [--dataset ucf101] [--data_videos 16]]
 
 Every measurement runs in a subprocess of its own, so that its peak RSS (getrusage) is its own;
 the subprocess sets the math threads, the MKL switch and glibc's allocator for Paddle before it
@@ -22,6 +22,9 @@ imports Paddle or PyTorch, the way main.py does (PyTorch runs as its users run i
             same clips; the sides take turns, repeat by repeat. Frames: 320x240 JPEGs written
             to a temporary folder, or the data set of --video_path / --annotation_path
             (--file_type video: no reference, which reads frame folders and hdf5 only)
+    profile (only when asked for with --jobs) where a training step's time goes, on both
+            sides: oneDNN's convolutions (forward, backward data, backward weights), its
+            reorders, its other primitives (timed by its verbose mode), and the rest
     loader_memory (only when asked for with --jobs) peak memory of each of 5 epochs of main.py's
             training loader with 4 worker processes over --loader_videos such clips, and its
             growth from epoch 2 to 5
@@ -34,6 +37,7 @@ workers), and `vs torch` is Paddle's clips/s over PyTorch's.
 """
 import argparse
 import contextlib
+import ctypes
 import importlib.util
 import io
 import json
@@ -89,6 +93,67 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> Dict[str,
     return {'seconds': seconds, 'base_rss': base}
 
 
+# The profile job's columns: a training step's milliseconds by where they go. oneDNN's verbose
+# mode times each primitive it runs (convolutions, the reorders between plain and blocked
+# layouts or float32 and bfloat16, pooling...); the rest of the step is the framework's own
+# kernels (BN, ReLU, additions; PyTorch's max pooling and autocast's casts), the optimizer and
+# Python.
+PROFILE_GROUPS = ['conv forward', 'conv backward data', 'conv backward weights', 'reorders',
+                  'other oneDNN']
+PROFILE_COLUMNS = PROFILE_GROUPS + ['outside oneDNN']
+_CONVOLUTION_GROUPS = {'forward_training': 'conv forward', 'forward_inference': 'conv forward',
+                       'backward_data': 'conv backward data',
+                       'backward_weights': 'conv backward weights'}
+
+
+def onednn_verbose_times(lines) -> tuple:
+    """Milliseconds and calls of the primitives that oneDNN's verbose `exec` lines report
+    (oneDNN 3.x: `onednn_verbose,[v1,primitive,]exec,ENGINE,KIND,IMPLEMENTATION,PROP_KIND,...,
+    TIME`), summed by PROFILE_GROUPS: two dicts."""
+    times, calls = dict.fromkeys(PROFILE_GROUPS, 0.0), dict.fromkeys(PROFILE_GROUPS, 0)
+    for line in lines:
+        fields = line.strip().split(',')
+        if not fields[0].endswith('_verbose') or 'exec' not in fields[:4]:
+            continue
+        at = fields.index('exec')
+        kind, prop = fields[at + 2], fields[at + 4]
+        if kind == 'convolution':
+            group = _CONVOLUTION_GROUPS.get(prop, 'other oneDNN')
+        else:
+            group = 'reorders' if kind == 'reorder' else 'other oneDNN'
+        times[group] += float(fields[-1])
+        calls[group] += 1
+    return times, calls
+
+
+def profile_steps(step: Callable[[], object], case: dict, verbose) -> dict:
+    """A training step's milliseconds (median of `repeats` calls after `warmup` ones), and the
+    milliseconds and calls of oneDNN's primitives by group (means over `repeats` more calls,
+    from the verbose lines that the library prints on this process's stdout while `verbose()`
+    is entered: sent to a file meanwhile). The step is timed without the verbose mode, which
+    slows it (PyTorch's R3D-50 step by 13% in one run); the rest of the step is what oneDNN's
+    groups leave of it."""
+    step_ms = statistics.median(time_calls(step, case['warmup'], case['repeats'])['seconds'])
+    with tempfile.TemporaryFile('w+') as capture:
+        sys.stdout.flush()
+        stdout = os.dup(1)
+        os.dup2(capture.fileno(), 1)
+        try:
+            with verbose():
+                for _ in range(case['repeats']):
+                    step()
+        finally:  # oneDNN flushes each line; C's stdout buffer, should a build not
+            ctypes.CDLL(None).fflush(None)
+            os.dup2(stdout, 1)
+            os.close(stdout)
+        capture.seek(0)
+        times, calls = onednn_verbose_times(capture)
+    groups = {group: ms / case['repeats'] for group, ms in times.items()}
+    groups['outside oneDNN'] = step_ms * 1e3 - sum(groups.values())
+    return dict(step_ms=step_ms * 1e3, groups=groups,
+                calls={group: n / case['repeats'] for group, n in calls.items()})
+
+
 def paddle_model(case: dict):
     import paddle
     from models.resnet import generate_model
@@ -127,7 +192,8 @@ def paddle_flops_per_clip(model, case: dict) -> float:
     return total[0]
 
 
-def paddle_train(case: dict) -> dict:
+def paddle_train_step(case: dict):
+    """A training step of our R3D on random clips (a call), and its FLOPs per clip."""
     import paddle
     import paddle.nn.functional as F
     model = paddle_model(case)
@@ -146,7 +212,29 @@ def paddle_train(case: dict) -> dict:
         loss.backward()
         optimizer.step()
         return float(loss)
-    return dict(time_calls(step, case['warmup'], case['repeats']), flops_per_clip=3 * flops)
+    return step, 3 * flops
+
+
+def paddle_train(case: dict) -> dict:
+    step, flops = paddle_train_step(case)
+    return dict(time_calls(step, case['warmup'], case['repeats']), flops_per_clip=flops)
+
+
+@contextlib.contextmanager
+def paddle_onednn_verbose():
+    """oneDNN's verbose mode (a line per primitive run, with its time) in models.onednn's
+    library."""
+    from models import onednn
+    library = onednn.library()
+    library.call('dnnl_set_verbose', 1)
+    try:
+        yield
+    finally:
+        library.call('dnnl_set_verbose', 0)
+
+
+def paddle_profile(case: dict) -> dict:
+    return profile_steps(paddle_train_step(case)[0], case, paddle_onednn_verbose)
 
 
 def paddle_infer(case: dict) -> dict:
@@ -255,7 +343,7 @@ def torch_setup(case: dict):
     return torch
 
 
-def torch_train(case: dict) -> dict:
+def torch_train_step(case: dict):
     torch = torch_setup(case)
     model = torch_resnet(case['depth']).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
@@ -269,7 +357,18 @@ def torch_train(case: dict) -> dict:
         loss.backward()
         optimizer.step()
         return float(loss)
-    return time_calls(step, case['warmup'], case['repeats'])
+    return step
+
+
+def torch_train(case: dict) -> dict:
+    return time_calls(torch_train_step(case), case['warmup'], case['repeats'])
+
+
+def torch_profile(case: dict) -> dict:
+    import torch
+    step = torch_train_step(case)
+    return profile_steps(step, case, lambda: torch.backends.mkldnn.verbose(
+        torch.backends.mkldnn.VERBOSE_ON))
 
 
 def torch_infer(case: dict) -> dict:
@@ -534,6 +633,7 @@ def loader_memory(case: dict) -> dict:
 
 MEASURES = {
     ('paddle', 'train'): paddle_train, ('paddle', 'infer'): paddle_infer,
+    ('paddle', 'profile'): paddle_profile, ('torch', 'profile'): torch_profile,
     ('paddle', 'matmul'): paddle_matmul, ('paddle', 'data'): data_pipelines,
     ('torch', 'train'): torch_train, ('torch', 'infer'): torch_infer,
     ('torch', 'matmul'): torch_matmul,
@@ -627,6 +727,12 @@ def make_cases(args, with_torch: bool) -> List[dict]:
                 if with_torch and torch_runs(dtype, args.quick):
                     cases.append(dict(precise, job='train', impl='torch', depth=depth,
                                       backend='eager' if dtype == 'float32' else 'autocast'))
+            if 'profile' in args.jobs:
+                cases.append(dict(precise, job='profile', impl='paddle', depth=depth,
+                                  backend='dygraph'))
+                if with_torch and torch_runs(dtype, args.quick):
+                    cases.append(dict(precise, job='profile', impl='torch', depth=depth,
+                                      backend='eager' if dtype == 'float32' else 'autocast'))
             if 'infer' in args.jobs:
                 cases += [dict(precise, job='infer', impl='paddle', depth=depth, backend=b)
                           for b in (('dygraph', 'onednn') if dtype == 'float32' else
@@ -676,6 +782,9 @@ def clips_per_second(case: dict, result: dict) -> List[float]:
     return [clips / s for s in result['seconds']]
 
 
+NOT_IN_TABLE = ('matmul', 'loader_memory', 'data', 'profile')  # jobs with tables of their own
+
+
 def make_rows(cases: List[dict], results: List[dict]) -> List[dict]:
     """Table rows with clips/s (median and range), GFLOP/s, % of the matmul peak, ratio to torch."""
     peaks = [r['flops'] / min(r['seconds']) / 1e9
@@ -684,7 +793,7 @@ def make_rows(cases: List[dict], results: List[dict]) -> List[dict]:
     torch_speed = {}
     rows = []
     for case, result in zip(cases, results):
-        if case['job'] in ('matmul', 'loader_memory', 'data'):
+        if case['job'] in NOT_IN_TABLE:
             continue
         row = dict(job=case['job'], model=f'R3D-{case["depth"]}' if case['depth'] else '-',
                    impl=f'{case["impl"]} {case["backend"]}', dtype=case['dtype'],
@@ -705,8 +814,7 @@ def make_rows(cases: List[dict], results: List[dict]) -> List[dict]:
             if case['impl'] == 'torch':
                 torch_speed[case['job'], case['depth'], case['dtype']] = row['speed']
         rows.append(row)
-    for row, case in zip(rows, [c for c in cases
-                                if c['job'] not in ('matmul', 'loader_memory', 'data')]):
+    for row, case in zip(rows, [c for c in cases if c['job'] not in NOT_IN_TABLE]):
         reference = torch_speed.get((case['job'], case['depth'], case['dtype']))
         if reference and row.get('speed') and case['impl'] == 'paddle':
             row['ratio'] = row['speed'] / reference
@@ -753,6 +861,23 @@ def format_table(rows: List[dict]) -> str:
                       f'{100 * r["of_peak"]:.0f}%' if 'of_peak' in r else '',
                       f'{r["peak_rss"]:.0f}', f'{r["step_rss"]:.0f}'])
     return markdown_table(header, lines)
+
+
+def format_profile(cases: List[dict], results: List[dict]) -> str:
+    """The profile job's table: where a training step's milliseconds go, ours beside
+    PyTorch's."""
+    lines = []
+    for case, result in zip(cases, results):
+        if case['job'] != 'profile':
+            continue
+        cells = [f'R3D-{case["depth"]}', case['dtype'], f'{case["impl"]} {case["backend"]}']
+        if 'error' in result:
+            cells += [result['error']] + [''] * len(PROFILE_COLUMNS)
+        else:
+            cells += [f'{result["step_ms"]:.0f}', *(f'{result["groups"][column]:.0f}'
+                                                    for column in PROFILE_COLUMNS)]
+        lines.append(cells)
+    return markdown_table(['model', 'dtype', 'impl', 'step ms', *PROFILE_COLUMNS], lines)
 
 
 def markdown_table(header: List[str], lines: List[list]) -> str:
@@ -816,10 +941,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument('--sample_size', type=int, default=112)
     p.add_argument('--repeats', type=int, default=5, help='timed calls after warm-up; median shown')
     p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--jobs', nargs='+', choices=['train', 'infer', 'data', 'loader_memory'],
+    p.add_argument('--jobs', nargs='+',
+                   choices=['train', 'infer', 'data', 'loader_memory', 'profile'],
                    default=['train', 'infer', 'data'],
                    help=f'loader_memory: peak memory of each of {LOADER_EPOCHS} epochs of the '
-                        f'training loader with {LOADER_WORKERS} workers')
+                        f'training loader with {LOADER_WORKERS} workers; profile: where a '
+                        'training step\'s time goes (oneDNN\'s primitives by kind, the rest)')
     p.add_argument('--video_path',
                    help='data job: clips of this data set instead of the benchmark\'s frames '
                         '(with --annotation_path)')
@@ -883,6 +1010,8 @@ def main(argv=None) -> None:
             print(format_loader_memory(case, result))
         if case['job'] == 'data':
             print(format_data(case, result))
+    if 'profile' in args.jobs:
+        print(format_profile(cases, results))
     notes = []
     if rows:
         notes.append(f'clips/s: median of {args.repeats} timed calls after {args.warmup} warm-up '
@@ -899,6 +1028,12 @@ def main(argv=None) -> None:
                      'per side after a warm-up one, the sides taking turns in one process '
                      '(the same videos, frames, crops and flips); fast path off: every frame '
                      'through the transforms')
+    if 'profile' in args.jobs:
+        notes.append(f'profile: milliseconds per training step (median of {args.repeats} calls) '
+                     f'and of oneDNN\'s primitives in it (means over {args.repeats} more calls in '
+                     'oneDNN\'s verbose mode, which times each primitive it runs); outside '
+                     'oneDNN: the rest of the step: the framework\'s other kernels (BN, ReLU, '
+                     'additions, PyTorch\'s max pooling and casts), the optimizer, Python')
     if 'loader_memory' in args.jobs:
         notes.append('loader memory: peaks sampled every 10 ms while an epoch of batches is read '
                      '(no model); PSS splits the pages the forked workers share with the main '
