@@ -128,7 +128,7 @@ def _unbias_running_variance(layer, inputs, output):
     if before is None:
         return
     x = inputs[0]
-    n = int(np.prod(x.shape)) // x.shape[1 if layer._data_format.startswith('NC') else -1]
+    n = int(np.prod(x.shape)) // layer._mean.shape[0]  # values per channel, in any layout
     if isinstance(layer, nn.SyncBatchNorm):
         n *= paddle.distributed.get_world_size()
     if n > 1:

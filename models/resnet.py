@@ -2,6 +2,11 @@
 
 Depths 10-34 use `BasicBlock`, 50-200 `Bottleneck`. Shortcut 'A' is a strided identity padded with
 zero channels; 'B' is a 1x1x1 convolution + BN (`downsample.0`, `downsample.1`).
+
+On the CPU in dygraph, `ResNet` runs its trunk channels-last (NDHWC) on oneDNN
+(`onednn.channels_last`): convolutions without reorders of float32 data, BN with the ReLU after
+it in one oneDNN pass. Elsewhere (GPUs, `paddle.jit`), and with `onednn.use_channels_last(False)`,
+it runs in Paddle's NCDHW layout. The parameters and their layouts are the same either way.
 """
 import math
 from functools import partial
@@ -10,7 +15,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .onednn import Conv3D, MaxPool3D
+from .onednn import (BatchNorm3D, Conv3D, MaxPool3D, channels_last, channels_last_active,
+                     channels_last_enabled)
 
 
 def get_inplanes():
@@ -51,11 +57,17 @@ class ReLU(nn.Layer):
         return F.relu_(x) if self.training else F.relu(x)
 
 
-def batch_norm(num_features: int) -> nn.BatchNorm3D:
+def batch_norm(num_features: int) -> BatchNorm3D:
     """BN with PyTorch's defaults (momentum 0.1 there is 0.9 here), weight 1, bias 0."""
-    return nn.BatchNorm3D(num_features, momentum=0.9, epsilon=1e-5,
-                          weight_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(1.0)),
-                          bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)))
+    return BatchNorm3D(num_features, momentum=0.9, epsilon=1e-5,
+                       weight_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(1.0)),
+                       bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)))
+
+
+def norm_relu(bn: nn.Layer, relu: nn.Layer, x):
+    """`relu(bn(x))`, in one oneDNN pass where `bn` runs there (see `onednn.BatchNorm3D`); `bn`
+    may have become a SyncBatchNorm (data parallelism) or an Identity (BN folding)."""
+    return bn(x, relu) if isinstance(bn, BatchNorm3D) else relu(bn(x))
 
 
 def linear(in_features: int, out_features: int) -> nn.Linear:
@@ -82,7 +94,7 @@ class BasicBlock(nn.Layer):
 
     def forward(self, x):
         residual = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = norm_relu(self.bn1, self.relu, self.conv1(x))
         out = self.bn2(self.conv2(out))
         return self.relu(out + residual)
 
@@ -111,17 +123,21 @@ class Bottleneck(nn.Layer):
 
     def forward(self, x):
         residual = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = norm_relu(self.bn1, self.relu, self.conv1(x))
+        out = norm_relu(self.bn2, self.relu, self.conv2(out))
         out = self.bn3(self.conv3(out))
         return self.relu(out + residual)
 
 
 def downsample_basic_block(x, planes: int, stride: int):
-    """Shortcut 'A': strided identity, zero-padded to `planes` channels. [N, C, T, H, W]"""
-    out = F.avg_pool3d(x, kernel_size=1, stride=stride)
-    pad = paddle.zeros([out.shape[0], planes - out.shape[1]] + list(out.shape[2:]), dtype=out.dtype)
-    return paddle.concat([out, pad], axis=1)
+    """Shortcut 'A': strided identity, zero-padded to `planes` channels. [N, C, T, H, W], or
+    [N, T, H, W, C] inside `onednn.channels_last()`."""
+    axis = -1 if channels_last_active() else 1
+    out = F.avg_pool3d(x, kernel_size=1, stride=stride,
+                       data_format='NDHWC' if axis == -1 else 'NCDHW')
+    shape = list(out.shape)
+    shape[axis] = planes - shape[axis]
+    return paddle.concat([out, paddle.zeros(shape, dtype=out.dtype)], axis=axis)
 
 
 class ResNet(nn.Layer):
@@ -136,6 +152,8 @@ class ResNet(nn.Layer):
         block_inplanes = [int(x * widen_factor) for x in block_inplanes]
         self.in_planes = block_inplanes[0]
         self.no_max_pool = no_max_pool
+        # the blocks written for both layouts (and their subclasses: ResNeXt's, wide ones)
+        self.channels_last_blocks = issubclass(block, (BasicBlock, Bottleneck))
 
         self._make_stem(n_input_channels, conv1_t_size, conv1_t_stride)
         self.relu = ReLU()
@@ -155,7 +173,7 @@ class ResNet(nn.Layer):
         self.bn1 = batch_norm(self.in_planes)
 
     def stem(self, x):
-        return self.relu(self.bn1(self.conv1(x)))  # [N, 64, T / t_stride, H / 2, W / 2]
+        return norm_relu(self.bn1, self.relu, self.conv1(x))  # [N, 64, T / t_stride, H/2, W/2]
 
     def _make_layer(self, block, planes: int, blocks: int, shortcut_type: str, stride=1):
         downsample = None
@@ -173,12 +191,30 @@ class ResNet(nn.Layer):
         return nn.Sequential(*layers)
 
     def forward(self, x):
+        if self._runs_channels_last(x):
+            with channels_last():
+                x = self.trunk(x.transpose([0, 2, 3, 4, 1]))
+            x = x.mean(axis=[1, 2, 3])  # [N, C]
+        else:
+            x = self.avgpool(self.trunk(x)).flatten(1)  # [N, C]
+        return self.fc(x)
+
+    def trunk(self, x):
+        """Stem, max pooling, layer1..4."""
         x = self.stem(x)
         if not self.no_max_pool:
             x = self.maxpool(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = self.avgpool(x).flatten(1)  # [N, C]
-        return self.fc(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    @paddle.jit.not_to_static  # plain Python under paddle.jit: False there
+    def _runs_channels_last(self, x) -> bool:
+        """Whether the trunk runs channels-last on oneDNN for `x`: float32 clips on the CPU in
+        dygraph, blocks written for it, and every BN oneDNN's (not a SyncBatchNorm)."""
+        return (self.channels_last_blocks and paddle.in_dynamic_mode()
+                and x.place.is_cpu_place() and x.dtype == paddle.float32 and len(x.shape) == 5
+                and all(isinstance(layer, BatchNorm3D) for layer in self.sublayers()
+                        if isinstance(layer, nn.layer.norm._BatchNormBase))
+                and channels_last_enabled())  # last: loads the library
 
 
 # depth -> (block, blocks per stage)

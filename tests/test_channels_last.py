@@ -1,0 +1,212 @@
+"""ResNets' channels-last trunk on oneDNN (models.onednn.channels_last): each layer against
+Paddle's own kernel in the same layout, whole models against float64, and where it must not
+run."""
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from conftest import relative
+from model import track_unbiased_variance
+from models import onednn, pre_act_resnet, resnet, resnext
+
+pytestmark = [pytest.mark.skipif(onednn.load_error() is not None,
+                                 reason=f'oneDNN not loadable: {onednn.load_error()}'),
+              pytest.mark.usefixtures('cpu')]
+
+
+def ndhwc(t):
+    return t.transpose([0, 2, 3, 4, 1]).contiguous()
+
+
+def leaf(array):
+    t = paddle.to_tensor(array)
+    t.stop_gradient = False
+    return t
+
+
+def grads(y, inputs, seed=1):
+    """Gradients of a random projection of `y` with respect to `inputs`."""
+    g = paddle.to_tensor(np.random.default_rng(seed).standard_normal(y.shape).astype('float32'))
+    return paddle.grad([y], inputs, [g])
+
+
+@pytest.mark.parametrize('relu', [False, True])
+def test_batch_norm_in_training_is_paddles_with_its_running_statistics(relu):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal([3, 5, 4, 6, 16]).astype('float32') * 2 + 1  # NDHWC
+    ours, paddles = resnet.batch_norm(16), paddle.nn.BatchNorm3D(16, momentum=0.9,
+                                                                 data_format='NDHWC')
+    for layer in (ours, paddles):
+        layer.weight.set_value(rng.uniform(0.5, 2, 16).astype('float32'))
+        layer.bias.set_value(rng.standard_normal(16).astype('float32'))
+        layer._mean.set_value(rng.standard_normal(16).astype('float32'))
+        layer._variance.set_value(rng.uniform(0.5, 2, 16).astype('float32'))
+    mean, variance = ours._mean.numpy().copy(), ours._variance.numpy().copy()
+    paddles.set_state_dict(ours.state_dict())
+    results = []
+    for layer, channels_last in ((ours, True), (paddles, False)):
+        xt = leaf(x)
+        with onednn.channels_last() if channels_last else onednn.use_onednn(True):
+            y = layer(xt, F.relu) if channels_last and relu else layer(xt)
+        y = F.relu(y) if relu and not channels_last else y
+        results.append([y, *grads(y, [xt, layer.weight, layer.bias]), layer._mean,
+                        layer._variance])
+    for actual, expected in zip(*results):
+        assert relative(actual.numpy(), expected.numpy()) < 1e-5
+    batch = x.reshape(-1, 16)  # and the statistics moved as Paddle moves them: 10% of the batch's
+    np.testing.assert_allclose(ours._mean.numpy(), 0.9 * mean + 0.1 * batch.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(ours._variance.numpy(), 0.9 * variance + 0.1 * batch.var(0),
+                               rtol=1e-5)
+    assert relu == bool((results[0][0].numpy() == 0).any())
+
+
+@pytest.mark.parametrize('relu', [False, True])
+def test_batch_norm_in_eval_mode_uses_the_running_statistics(relu):
+    rng = np.random.default_rng(1)
+    bn = resnet.batch_norm(8)
+    bn._mean.set_value(rng.standard_normal(8).astype('float32'))
+    bn._variance.set_value(rng.uniform(0.5, 2, 8).astype('float32'))
+    bn.eval()
+    x = rng.standard_normal([2, 3, 4, 5, 8]).astype('float32')
+    with paddle.no_grad(), onednn.channels_last():
+        y = bn(paddle.to_tensor(x), F.relu if relu else None).numpy()
+    expected = (x - bn._mean.numpy()) / np.sqrt(bn._variance.numpy() + 1e-5)
+    np.testing.assert_allclose(y, np.maximum(expected, 0) if relu else expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel, stride, padding, groups', [
+    (1, 1, 0, 1), (1, 2, 0, 1), (3, 1, 1, 1), (3, 2, 1, 1), ((3, 7, 7), (1, 2, 2), (1, 3, 3), 1),
+    (3, 1, 1, 4)])
+def test_convolution_on_channels_last_data_is_paddles(kernel, stride, padding, groups):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal([3, 6, 9, 10, 8]).astype('float32')  # NDHWC
+    conv = resnet.conv3d(8, 16, kernel, stride=stride, padding=padding, groups=groups)
+    results = []
+    for channels_last in (True, False):
+        xt = leaf(x)
+        if channels_last:
+            with onednn.channels_last():
+                y = conv(xt)
+        else:
+            y = F.conv3d(xt, conv.weight, stride=conv._stride, padding=conv._padding,
+                         groups=groups, data_format='NDHWC')
+        results.append([y, *grads(y, [xt, conv.weight])])
+    for actual, expected in zip(*results):
+        assert relative(actual.numpy(), expected.numpy()) < 1e-5
+
+
+def test_max_pooling_on_channels_last_data_is_paddles():
+    x = np.random.default_rng(3).standard_normal([2, 5, 9, 9, 4]).astype('float32')
+    pool = onednn.MaxPool3D(kernel_size=3, stride=2, padding=1)
+    results = []
+    for channels_last in (True, False):
+        xt = leaf(x)
+        if channels_last:
+            with onednn.channels_last():
+                y = pool(xt)
+        else:
+            y = F.max_pool3d(xt, 3, 2, 1, data_format='NDHWC')
+        results.append([y, *grads(y, [xt])])
+    (y, grad_x), (expected_y, expected_grad_x) = results
+    np.testing.assert_array_equal(y.numpy(), expected_y.numpy())
+    assert relative(grad_x.numpy(), expected_grad_x.numpy()) < 1e-6  # overlapping windows' sums
+
+
+MODELS = {
+    'R3D-10, shortcut B': lambda: resnet.generate_model(10, n_classes=5, widen_factor=0.5),
+    'R3D-10, shortcut A': lambda: resnet.generate_model(10, n_classes=5, widen_factor=0.5,
+                                                        shortcut_type='A'),
+    'R3D-50 (bottlenecks)': lambda: resnet.generate_model(50, n_classes=5, widen_factor=0.25),
+    'ResNeXt-50 (grouped)': lambda: resnext.generate_model(50, n_classes=5, cardinality=4),
+}
+
+
+def step(model, clips, dtype='float32'):
+    """Logits, parameter gradients and running statistics after a training step's backward."""
+    model.train()
+    x = paddle.to_tensor(clips.astype(dtype))
+    y = model(x)
+    loss = (y * paddle.arange(y.shape[1], dtype=dtype)).sum() + (y ** 2).sum()
+    loss.backward()
+    grads = [p.grad.numpy() for p in model.parameters() if p.grad is not None]
+    model.clear_gradients()
+    return y.numpy(), grads, [b.numpy() for b in model.buffers()]
+
+
+def cosine(a, b) -> float:
+    a, b = a.ravel().astype('float64'), b.ravel().astype('float64')
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize('name', list(MODELS))
+def test_a_training_step_channels_last_is_a_float64_step(name, monkeypatch):
+    """Logits and running statistics of a step against float64 on Paddle's kernels, and the
+    direction of every gradient: float32 kernels, Paddle's own included, put the gradients of
+    early layers up to 5e-2 (of their largest value) off float64's here, by cancellations in
+    BN's backward; a layout error points them elsewhere."""
+    paddle.seed(0)
+    model = track_unbiased_variance(MODELS[name]())
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    clips = np.random.default_rng(4).standard_normal([4, 3, 16, 48, 48]).astype('float32')
+    entered = []
+    enter = onednn.channels_last.__enter__
+    monkeypatch.setattr(onednn.channels_last, '__enter__',
+                        lambda self: entered.append(self) or enter(self))
+    y, grads, statistics = step(model, clips)
+    assert entered
+    paddle.set_default_dtype('float64')
+    try:
+        paddle.seed(0)
+        twin = track_unbiased_variance(MODELS[name]())
+    finally:
+        paddle.set_default_dtype('float32')
+    twin.set_state_dict({k: v.astype('float64') for k, v in state.items()})
+    with onednn.use_onednn(False):
+        expected_y, expected_grads, expected_statistics = step(twin, clips, 'float64')
+    assert relative(y, expected_y) < 1e-3
+    for actual, expected in zip(statistics, expected_statistics, strict=True):
+        assert relative(actual, expected) < 1e-4
+    assert len(grads) == len(expected_grads)
+    for actual, expected in zip(grads, expected_grads):
+        if np.abs(expected).max() > 1e-9:  # some BN biases' gradients are 0 (1e-13 here)
+            assert cosine(actual, expected) > 0.995
+
+
+def test_eval_mode_channels_last_is_the_ncdhw_trunk():
+    paddle.seed(0)
+    model = MODELS['R3D-50 (bottlenecks)']()
+    step(model, np.random.default_rng(5).standard_normal([2, 3, 8, 32, 32]).astype('float32'))
+    model.eval()
+    clips = paddle.to_tensor(np.random.default_rng(6).standard_normal([2, 3, 8, 32, 32]),
+                             dtype='float32')
+    with paddle.no_grad():
+        ours = model(clips).numpy()
+        with onednn.use_channels_last(False):
+            expected = model(clips).numpy()
+    assert relative(ours, expected) < 1e-5
+
+
+def runs_channels_last(model) -> bool:
+    return model._runs_channels_last(paddle.zeros([1, 3, 4, 16, 16]))
+
+
+def test_channels_last_only_where_every_layer_can_run_there():
+    assert runs_channels_last(resnet.generate_model(10, n_classes=5))
+    assert runs_channels_last(resnext.generate_model(50, n_classes=5, cardinality=4))
+    # blocks written for NCDHW only
+    assert not runs_channels_last(pre_act_resnet.generate_model(10, n_classes=5))
+    # data parallelism's SyncBatchNorm
+    synced = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(resnet.generate_model(10))
+    assert not runs_channels_last(synced)
+    with onednn.use_channels_last(False):
+        assert not runs_channels_last(resnet.generate_model(10, n_classes=5))
+    with onednn.use_onednn(False):
+        assert not runs_channels_last(resnet.generate_model(10, n_classes=5))
+
+
+def test_a_layer_that_cannot_run_channels_last_says_so():
+    """Rather than Paddle's kernel reading NDHWC data as NCDHW."""
+    dilated = onednn.Conv3D(4, 4, 3, padding=2, dilation=2)
+    with onednn.channels_last(), pytest.raises(onednn.OneDNNError, match='channels_last'):
+        dilated(paddle.zeros([1, 4, 5, 5, 4]))
