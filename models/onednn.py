@@ -58,6 +58,7 @@ dnnl_a, dnnl_ab, dnnl_abcde, dnnl_abcdef = 2, 3, 6, 7  # dnnl_format_tag_t: plai
 dnnl_acdeb = 33  # dnnl_format_tag_t: channels-last 5D (NDHWC)
 dnnl_forward_training, dnnl_forward_inference, dnnl_backward = 64, 96, 128  # dnnl_prop_kind_t
 dnnl_convolution_direct, dnnl_pooling_max = 1, 0x1ff  # dnnl_alg_kind_t
+dnnl_eltwise_relu, dnnl_eltwise_relu_use_dst_for_bwd, dnnl_binary_add = 0x20, 0x100, 0x1fff0
 dnnl_scratchpad_mode_user = 1  # dnnl_scratchpad_mode_t: scratch memory passed at execution
 dnnl_use_global_stats, dnnl_use_scale, dnnl_use_shift = 0x1, 0x2, 0x4  # dnnl_normalization_flags_t
 dnnl_fuse_norm_relu = 0x8
@@ -65,7 +66,7 @@ dnnl_query_src_md, dnnl_query_diff_src_md = 129, 130  # dnnl_query_t
 dnnl_query_weights_md, dnnl_query_diff_weights_md = 131, 132
 dnnl_query_dst_md, dnnl_query_diff_dst_md = 133, 134
 dnnl_query_workspace_md, dnnl_query_scratchpad_md = 135, 136
-DNNL_ARG_SRC, DNNL_ARG_DST, DNNL_ARG_WEIGHTS = 1, 17, 33  # execution argument indices
+DNNL_ARG_SRC, DNNL_ARG_SRC_1, DNNL_ARG_DST, DNNL_ARG_WEIGHTS = 1, 2, 17, 33  # arguments
 DNNL_ARG_DIFF_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS = 129, 145, 161
 DNNL_ARG_FROM, DNNL_ARG_TO = DNNL_ARG_SRC, DNNL_ARG_DST  # a reorder's source and destination
 DNNL_ARG_WORKSPACE, DNNL_ARG_SCRATCHPAD = 64, 80
@@ -78,7 +79,8 @@ dnnl_cpu_isa_avx512_core_bf16 = 0xE7  # dnnl_cpu_isa_t: a bit mask, included in 
 PLAIN_TAGS = {2: dnnl_ab, 5: dnnl_abcde, 6: dnnl_abcdef}
 # Arguments by their oneDNN names (what `_Library.execute` takes) and the queries of their
 # memory descriptors.
-ARGS = {'src': DNNL_ARG_SRC, 'dst': DNNL_ARG_DST, 'weights': DNNL_ARG_WEIGHTS,
+ARGS = {'src': DNNL_ARG_SRC, 'src_1': DNNL_ARG_SRC_1, 'dst': DNNL_ARG_DST,
+        'weights': DNNL_ARG_WEIGHTS,
         'diff_src': DNNL_ARG_DIFF_SRC, 'diff_dst': DNNL_ARG_DIFF_DST,
         'diff_weights': DNNL_ARG_DIFF_WEIGHTS, 'from': DNNL_ARG_FROM, 'to': DNNL_ARG_TO,
         'scratchpad': DNNL_ARG_SCRATCHPAD, 'workspace': DNNL_ARG_WORKSPACE,
@@ -124,6 +126,10 @@ _SIGNATURES = {
     'dnnl_stream_wait': (_status, [_c]),
     'dnnl_primitive_attr_create': (_status, [_out]),
     'dnnl_primitive_attr_set_scratchpad_mode': (_status, [_c, _int]),
+    'dnnl_primitive_attr_set_post_ops': (_status, [_c, _c]),
+    'dnnl_post_ops_create': (_status, [_out]),
+    'dnnl_post_ops_append_eltwise': (_status, [_c, _int, ctypes.c_float, ctypes.c_float]),
+    'dnnl_post_ops_destroy': (_status, [_c]),
     'dnnl_memory_desc_create_with_tag': (_status, [_out, _int, _dims, _int, _int]),
     'dnnl_memory_desc_equal': (_int, [_c, _c]),
     'dnnl_memory_desc_get_size': (ctypes.c_size_t, [_c]),
@@ -142,6 +148,11 @@ _SIGNATURES = {
     'dnnl_pooling_backward_primitive_desc_create': (
         _status, [_out, _c, _int, _c, _c, *[_dims] * 5, _c, _c]),
     'dnnl_matmul_primitive_desc_create': (_status, [_out, _c, _c, _c, _c, _c, _c]),
+    'dnnl_binary_primitive_desc_create': (_status, [_out, _c, _int, _c, _c, _c, _c]),
+    'dnnl_eltwise_forward_primitive_desc_create': (  # alpha, beta
+        _status, [_out, _c, _int, _int, _c, _c, ctypes.c_float, ctypes.c_float, _c]),
+    'dnnl_eltwise_backward_primitive_desc_create': (
+        _status, [_out, _c, _int, _c, _c, _c, ctypes.c_float, ctypes.c_float, _c, _c]),
     'dnnl_batch_normalization_forward_primitive_desc_create': (  # epsilon, flags
         _status, [_out, _c, _int, _c, _c, ctypes.c_float, ctypes.c_uint, _c]),
     'dnnl_batch_normalization_backward_primitive_desc_create': (
@@ -194,6 +205,15 @@ class _Library:
         self.call('dnnl_primitive_attr_create', ctypes.byref(self.attr))
         self.call('dnnl_primitive_attr_set_scratchpad_mode', self.attr,
                   dnnl_scratchpad_mode_user)
+        # the same, with a ReLU applied to the primitive's result
+        self.relu_attr, post_ops = _c(), _c()
+        self.call('dnnl_primitive_attr_create', ctypes.byref(self.relu_attr))
+        self.call('dnnl_primitive_attr_set_scratchpad_mode', self.relu_attr,
+                  dnnl_scratchpad_mode_user)
+        self.call('dnnl_post_ops_create', ctypes.byref(post_ops))
+        self.call('dnnl_post_ops_append_eltwise', post_ops, dnnl_eltwise_relu, 0.0, 0.0)
+        self.call('dnnl_primitive_attr_set_post_ops', self.relu_attr, post_ops)
+        self.call('dnnl_post_ops_destroy', post_ops)
         self.transient = []  # memory objects of the current call: see `release`
 
     def call(self, name: str, *args) -> None:
@@ -1148,3 +1168,82 @@ class BatchNorm3D(paddle.nn.BatchNorm3D):
         else:
             y = paddle.nn.BatchNorm3D.forward(self, x)
         return y if relu is None else relu(y)
+
+
+# --- Residual additions (channels-last) --------------------------------------------------------
+
+class _AddReLUPlan:
+    """`relu(a + b)` of two float32 tensors of one shape on oneDNN, in one pass (a binary add
+    with the ReLU as its post-op), and its backward (the ReLU's, from its output: the gradient
+    of both a and b). On R3D's [8, 256, 8, 28, 28] residual sums about 2x Paddle's add + ReLU
+    (in place) forward and backward."""
+
+    def __init__(self, library: _Library, shape: tuple):
+        self.library = library
+        self.md = library.desc(shape, PLAIN_TAGS[len(shape)])
+        forward_pd, hint_pd, backward_pd = _c(), _c(), _c()
+        library.call('dnnl_binary_primitive_desc_create', ctypes.byref(forward_pd),
+                     library.engine, dnnl_binary_add, self.md, self.md, self.md,
+                     library.relu_attr)
+        library.call('dnnl_eltwise_forward_primitive_desc_create', ctypes.byref(hint_pd),
+                     library.engine, dnnl_forward_training, dnnl_eltwise_relu_use_dst_for_bwd,
+                     self.md, self.md, 0.0, 0.0, library.attr)
+        library.call('dnnl_eltwise_backward_primitive_desc_create', ctypes.byref(backward_pd),
+                     library.engine, dnnl_eltwise_relu_use_dst_for_bwd, self.md, self.md,
+                     self.md, 0.0, 0.0, hint_pd, library.attr)
+        self.pds = [forward_pd, hint_pd, backward_pd]
+        self.passes = {'forward': _single_pass(library, forward_pd),
+                       'backward': _single_pass(library, backward_pd)}
+
+    def __del__(self):
+        try:
+            self.library.destroy([p.primitive for p in self.passes.values()], self.pds,
+                                 [self.md])
+        except Exception:  # at interpreter exit, ctypes may be gone first
+            pass
+
+    def run(self, name: str, tensors: dict) -> paddle.Tensor:
+        """Pass `name` on `tensors` (argument -> tensor); returns the one it writes."""
+        output = 'dst' if name == 'forward' else 'diff_src'
+        first = next(iter(tensors.values()))
+        tensors = dict(tensors, **{output: _empty(first.shape, first.place)})
+        with _lock:
+            self.passes[name].execute(self.library, {
+                arg: self.library.memory(self.md, t.data_ptr()) for arg, t in tensors.items()})
+            self.library.release()
+        return tensors[output]
+
+
+_add_relu_plans: 'collections.OrderedDict[tuple, _AddReLUPlan]' = collections.OrderedDict()
+
+
+class _AddReLU(PyLayer):
+    @staticmethod
+    def forward(ctx, a, b, plan):
+        y = plan.run('forward', {'src': a, 'src_1': b})
+        ctx.save_for_backward(y)
+        ctx.plan = plan
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        y, = ctx.saved_tensor()
+        if hasattr(grad_y, 'contiguous'):
+            grad_y = grad_y.contiguous()
+        grad = ctx.plan.run('backward', {'dst': y, 'diff_dst': grad_y})
+        return grad, grad.clone()  # a tensor each: Paddle may sum into either in place
+
+
+def add_relu(a: paddle.Tensor, b: paddle.Tensor, relu: paddle.nn.Layer) -> paddle.Tensor:
+    """`relu(a + b)` (a ResNet block's output), in one oneDNN pass inside `channels_last()`,
+    else by `relu`."""
+    if not channels_last_active():
+        return relu(a + b)
+    if hasattr(a, 'contiguous'):
+        a, b = a.contiguous(), b.contiguous()
+    shape = tuple(a.shape)
+    with _lock:
+        plan = _cached(_add_relu_plans, shape, lambda: _AddReLUPlan(library(), shape))
+    if paddle.is_grad_enabled() and not (a.stop_gradient and b.stop_gradient):
+        return _AddReLU.apply(a, b, plan)
+    return plan.run('forward', {'src': a, 'src_1': b})

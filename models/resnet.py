@@ -5,8 +5,9 @@ zero channels; 'B' is a 1x1x1 convolution + BN (`downsample.0`, `downsample.1`).
 
 On the CPU in dygraph, `ResNet` runs its trunk channels-last (NDHWC) on oneDNN
 (`onednn.channels_last`): convolutions without reorders of float32 data, BN with the ReLU after
-it in one oneDNN pass. Elsewhere (GPUs, `paddle.jit`), and with `onednn.use_channels_last(False)`,
-it runs in Paddle's NCDHW layout. The parameters and their layouts are the same either way.
+it in one oneDNN pass, and so each block's residual sum with its ReLU. Elsewhere (GPUs,
+`paddle.jit`), and with `onednn.use_channels_last(False)`, it runs in Paddle's NCDHW layout.
+The parameters and their layouts are the same either way.
 """
 import math
 from functools import partial
@@ -15,8 +16,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .onednn import (BatchNorm3D, Conv3D, MaxPool3D, channels_last, channels_last_active,
-                     channels_last_enabled)
+from .onednn import (BatchNorm3D, Conv3D, MaxPool3D, add_relu, channels_last,
+                     channels_last_active, channels_last_enabled)
 
 
 def get_inplanes():
@@ -96,7 +97,7 @@ class BasicBlock(nn.Layer):
         residual = x if self.downsample is None else self.downsample(x)
         out = norm_relu(self.bn1, self.relu, self.conv1(x))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + residual)
+        return add_relu(out, residual, self.relu)
 
 
 class Bottleneck(nn.Layer):
@@ -126,7 +127,7 @@ class Bottleneck(nn.Layer):
         out = norm_relu(self.bn1, self.relu, self.conv1(x))
         out = norm_relu(self.bn2, self.relu, self.conv2(out))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + residual)
+        return add_relu(out, residual, self.relu)
 
 
 def downsample_basic_block(x, planes: int, stride: int):

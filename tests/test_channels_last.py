@@ -113,6 +113,24 @@ def test_max_pooling_on_channels_last_data_is_paddles():
     assert relative(grad_x.numpy(), expected_grad_x.numpy()) < 1e-6  # overlapping windows' sums
 
 
+def test_residual_sum_and_relu_is_paddles():
+    rng = np.random.default_rng(7)
+    a, b = (rng.standard_normal([2, 3, 4, 5, 8]).astype('float32') for _ in range(2))
+    results = []
+    for channels_last in (True, False):
+        at, bt = leaf(a), leaf(b)
+        with onednn.channels_last() if channels_last else onednn.use_onednn(True):
+            y = onednn.add_relu(at, bt, F.relu)
+        results.append([y, *grads(y, [at, bt])])
+    for actual, expected in zip(*results):
+        np.testing.assert_array_equal(actual.numpy(), expected.numpy())
+    grad_a, grad_b = results[0][1:]
+    assert grad_a.data_ptr() != grad_b.data_ptr()  # Paddle may add into either in place
+    with paddle.no_grad(), onednn.channels_last():
+        np.testing.assert_array_equal(onednn.add_relu(paddle.to_tensor(a), paddle.to_tensor(b),
+                                                      F.relu).numpy(), np.maximum(a + b, 0))
+
+
 MODELS = {
     'R3D-10, shortcut B': lambda: resnet.generate_model(10, n_classes=5, widen_factor=0.5),
     'R3D-10, shortcut A': lambda: resnet.generate_model(10, n_classes=5, widen_factor=0.5,
