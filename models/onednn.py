@@ -12,8 +12,10 @@ the first convolution that qualifies, so GPU runs never load it.
 
 bfloat16: under `compute_dtype('bfloat16')` (where `bfloat16_supported()`), the reorders into
 oneDNN's layout also convert src, weights and diff_dst to bfloat16, and the primitives
-accumulate in float32 and write float32 dst, diff_src and diff_weights. Paddle sees float32
-tensors only: master weights, BN, loss and optimizer are untouched.
+accumulate in float32 and write float32 dst, diff_src and diff_weights: Paddle sees float32
+tensors. Inside `channels_last()` the layers also take bfloat16 tensors (ResNet's trunk under
+bfloat16, as PyTorch's autocast keeps its activations), and give bfloat16 outputs and input
+gradients; weights, their gradients, BN's statistics, scale and shift stay float32.
 
 Max pooling (`MaxPool3D`, the stem's) runs on oneDNN too, forward and backward, on Paddle's
 plain float32 tensors: Paddle's CPU kernel took 8x longer.
@@ -280,9 +282,10 @@ class _Operand:
     default row-major as NCDHW) and, when the primitive wants another layout or data type, the
     reorders between the two (a reorder converts float32 to bfloat16 and back)."""
 
-    def __init__(self, library: _Library, shape: Sequence[int], md: _c, tag: int = None):
+    def __init__(self, library: _Library, shape: Sequence[int], md: _c, tag: int = None,
+                 dtype: int = dnnl_f32):
         self.library = library
-        self.plain = library.desc(shape, tag or PLAIN_TAGS[len(shape)])
+        self.plain = library.desc(shape, tag or PLAIN_TAGS[len(shape)], dtype)
         self.md = md
         self.reordered = not library.equal(md, self.plain)
         self.primitives, self.pds = [], []
@@ -341,6 +344,7 @@ class _PlanKey(NamedTuple):
     groups: int
     dtype: str  # of the inputs: 'float32' or 'bfloat16' (results are float32)
     channels_last: bool = False  # x and y in memory as NDHWC (shapes as ever NCDHW)
+    activations: str = 'float32'  # x, y and their gradients in memory ('bfloat16': channels-last)
 
 
 _DNNL_TYPES = {'float32': dnnl_f32, 'bfloat16': dnnl_bf16}
@@ -391,9 +395,10 @@ def _weights_pass_padding(key: _PlanKey) -> tuple:
 class _Plan:
     """The forward, backward-data and backward-weights primitives of one convolution shape.
 
-    Its methods take the addresses of plain float32 data and write plain float32 results. The
-    primitives read src, weights and diff_dst in `key.dtype` (the reorders convert them) and
-    write float32 dst, diff_src and diff_weights.
+    Its methods take the addresses of plain data and write plain results: float32 weights and
+    diff_weights, and x, y and their gradients in `key.activations` (float32, or bfloat16 in a
+    channels-last trunk). The primitives read src, weights and diff_dst in `key.dtype` (the
+    reorders convert them) and write dst and diff_src in `key.activations`.
 
     oneDNN 3.6's bfloat16 backward-weights kernel (jit avx512_core_bf16) returns garbage when the
     kernel is deeper (taller, wider) than the input it slides over, as R3D's layer3 and layer4
@@ -409,6 +414,7 @@ class _Plan:
         self.passes, self.pds, self.descs = {}, [], []
         x_shape, w_shape, stride, padding = key.x_shape, key.w_shape, key.stride, key.padding
         groups, dtype, self.channels_last = key.groups, key.dtype, key.channels_last
+        self.activations = key.activations
         # x and y: the layout oneDNN picks, or Paddle's channels-last one as it is
         data_tag = dnnl_acdeb if self.channels_last else dnnl_format_tag_any
         out_channels = w_shape[0]
@@ -422,7 +428,8 @@ class _Plan:
         tags = (data_tag, dnnl_format_tag_any, data_tag)
         shapes = (self.x_shape, self.w_shape, self.y_shape)
         x, w, y = (library.desc(s, t, _DNNL_TYPES[dtype]) for s, t in zip(shapes, tags))
-        x32, w32, y32 = (library.desc(s, t) for s, t in zip(shapes, tags))  # results
+        results = (_DNNL_TYPES[key.activations], dnnl_f32, _DNNL_TYPES[key.activations])
+        x32, w32, y32 = (library.desc(s, t, r) for s, t, r in zip(shapes, tags, results))
         forward_pd, data_pd, weights_pd = _c(), _c(), _c()
         self.pds = [forward_pd, data_pd, weights_pd]
         self.descs = [x, w, y, x32, w32, y32]
@@ -463,8 +470,10 @@ class _Plan:
                                ('weights', weights_pd, ('src', 'diff_dst', 'diff_weights'))):
             operands = {a: _Operand(library, weights_x_shape if (name, a) == ('weights', 'src')
                                     else shapes[a], library.query(pd, a),
-                                    dnnl_acdeb if self.channels_last and 'weights' not in a
-                                    else None) for a in args}
+                                    *((None, dnnl_f32) if 'weights' in a else
+                                      (dnnl_acdeb if self.channels_last else None,
+                                       _DNNL_TYPES[key.activations])))
+                         for a in args}
             scratchpad = library.query(pd, 'scratchpad')
             self.passes[name] = _Pass(library.primitive(pd), operands, scratchpad,
                                       library.size(scratchpad))
@@ -510,10 +519,11 @@ class _Plan:
             grad_y_loaded = self.passes['weights'].operands['diff_dst'].load(
                 grad_y, _SLOTS['weights']['diff_dst'])
             if self.padded_shape is not None:
+                word = np.float32 if self.activations == 'float32' else np.uint16  # bfloat16's bits
                 if self.padded is None:
-                    self.padded = np.zeros(self.padded_shape, np.float32)
+                    self.padded = np.zeros(self.padded_shape, word)
                 self.padded[self.interior] = np.ctypeslib.as_array(
-                    ctypes.cast(x, ctypes.POINTER(ctypes.c_float)),
+                    ctypes.cast(x, ctypes.POINTER(np.ctypeslib.as_ctypes_type(word))),
                     shape=self.in_memory(self.x_shape))
                 x = self.padded.ctypes.data
             self.run('weights', {'src': x}, 'diff_weights', grad_w,
@@ -689,8 +699,10 @@ class compute_dtype:
     (`Conv3D` layers on the CPU, `conv3d`) multiply in bfloat16 and accumulate in float32;
     'float32' is the default. Wrap the forward pass, as `paddle.amp.auto_cast`: a
     convolution's backward uses its forward's dtype, wherever `backward()` is called. Tensors
-    stay float32, so nothing else in the model or optimizer changes. 'bfloat16' raises
-    OneDNNError unless `bfloat16_supported()`; the setting is per thread, as `use_onednn`."""
+    stay float32, so nothing else in the model or optimizer changes (but for a ResNet's
+    channels-last trunk, whose activations it makes bfloat16: `resnet.ResNet.forward`).
+    'bfloat16' raises OneDNNError unless `bfloat16_supported()`; the setting is per thread, as
+    `use_onednn`."""
 
     def __init__(self, dtype: str):
         if dtype not in _DNNL_TYPES:
@@ -707,6 +719,11 @@ class compute_dtype:
 
     def __exit__(self, *exc_info):
         _state.dtype = self.previous
+
+
+def active_compute_dtype() -> str:
+    """The dtype of `compute_dtype` in effect in this thread ('float32' outside one)."""
+    return getattr(_state, 'dtype', 'float32')
 
 
 def _cached(cache: collections.OrderedDict, key, make):
@@ -739,23 +756,26 @@ class _BatchChunks:
     `x_shape` is NCDHW; with `channels_last`, x and y are NDHWC tensors (clips outermost too)."""
 
     def __init__(self, x_shape, w_shape, stride, padding, groups, dtype: str = 'float32',
-                 channels_last: bool = False):
+                 channels_last: bool = False, activations: str = 'float32'):
         n = x_shape[0]
         self.y_shape = _output_shape(x_shape, w_shape, stride, padding)
         if channels_last:  # the shape of the tensor y
             self.y_shape = [n, *self.y_shape[2:], self.y_shape[1]]
-        self.x_clip, self.y_clip = 4 * math.prod(x_shape[1:]), 4 * math.prod(self.y_shape[1:])
+        self.activations = activations
+        word = _BYTES[activations]
+        self.x_clip = word * math.prod(x_shape[1:])
+        self.y_clip = word * math.prod(self.y_shape[1:])
         size = max(1, min(n, CHUNK_BYTES // max(self.x_clip, self.y_clip)))
         self.chunks = [_Chunk(start, min(size, n - start)) for start in range(0, n, size)]
         with _lock:
             self.plans = {count: _plan(_PlanKey((count, *x_shape[1:]), tuple(w_shape),
                                                 tuple(stride), tuple(padding), groups,
-                                                dtype, channels_last))
+                                                dtype, channels_last, activations))
                           for count in {chunk.count for chunk in self.chunks}}
         self.library = library()
 
     def forward(self, x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
-        y = _empty(self.y_shape, x.place)
+        y = _empty(self.y_shape, x.place, x.dtype)
         with _lock:
             for start, count in self.chunks:
                 self.plans[count].run('forward', {'src': x.data_ptr() + start * self.x_clip,
@@ -765,7 +785,7 @@ class _BatchChunks:
         return y
 
     def backward(self, x, weight, grad_y, need_x: bool, need_weights: bool):
-        grad_x = _empty(x.shape, x.place) if need_x else None
+        grad_x = _empty(x.shape, x.place, x.dtype) if need_x else None
         grad_w = chunk_grad_w = None
         if need_weights:  # summed over the chunks
             grad_w = _empty(weight.shape, x.place)
@@ -785,10 +805,24 @@ def _on_cpu(*tensors: paddle.Tensor) -> bool:
     return all(t.place.is_cpu_place() for t in tensors)
 
 
-def _empty(shape, place) -> paddle.Tensor:
-    """An uninitialized float32 tensor on `place`; `paddle.empty` would allocate on the default
-    device (a GPU on GPU machines) and takes no place in Paddle 2.6."""
-    return paddle._C_ops.empty(list(shape), paddle.float32, place)
+def _empty(shape, place, dtype=paddle.float32) -> paddle.Tensor:
+    """An uninitialized tensor on `place`; `paddle.empty` would allocate on the default device
+    (a GPU on GPU machines) and takes no place in Paddle 2.6."""
+    return paddle._C_ops.empty(list(shape), dtype, place)
+
+
+_BYTES = {'float32': 4, 'bfloat16': 2}
+
+
+def _takes(x: paddle.Tensor) -> bool:
+    """Whether x's dtype is one the layers here run on oneDNN: float32, and bfloat16 inside
+    `channels_last()`."""
+    return x.dtype == paddle.float32 or (x.dtype == paddle.bfloat16 and channels_last_active())
+
+
+def _activations(x: paddle.Tensor) -> str:
+    """'bfloat16' for a bfloat16 tensor (in a channels-last trunk), else 'float32'."""
+    return 'bfloat16' if x.dtype == paddle.bfloat16 else 'float32'
 
 
 class _Convolution(PyLayer):
@@ -822,9 +856,11 @@ def conv3d(x: paddle.Tensor, weight: paddle.Tensor, stride, padding, groups: int
         x = x.contiguous()
     channels_last = data_format == 'NDHWC'
     shape = _ncdhw(x.shape) if channels_last else x.shape
+    activations = _activations(x)  # bfloat16 ones: bfloat16 products too
+    dtype = 'bfloat16' if activations == 'bfloat16' else active_compute_dtype()
     try:
-        convolution = _BatchChunks(shape, weight.shape, stride, padding, groups,
-                                   getattr(_state, 'dtype', 'float32'), channels_last)
+        convolution = _BatchChunks(shape, weight.shape, stride, padding, groups, dtype,
+                                   channels_last, activations)
     except OneDNNError as e:  # a shape oneDNN has no implementation for: Paddle's kernel
         warnings.warn(f'a convolution of input {list(x.shape)} ({data_format}) and weights '
                       f'{list(weight.shape)} runs on Paddle\'s kernel: {e}', stacklevel=2)
@@ -863,7 +899,7 @@ class Conv3D(paddle.nn.Conv3D):
                 and all(isinstance(p, int) for p in padding)):
             return None
         if (paddle.in_dynamic_mode() and _on_cpu(x, self.weight)
-                and x.dtype == paddle.float32 and self._data_format == 'NCDHW'
+                and _takes(x) and self._data_format == 'NCDHW'
                 and self._padding_mode == 'zeros' and list(self._dilation) == [1, 1, 1]
                 and enabled()):  # last: loads the library
             return list(padding)
@@ -892,7 +928,8 @@ class _PoolPlan:
         y_shape = [*x_shape[:2], *[(size + 2 * p - k) // st + 1 for size, k, st, p
                                    in zip(x_shape[2:], kernel, stride, padding)]]
         tag = dnnl_acdeb if key.channels_last else dnnl_abcde
-        self.x_md, self.y_md = (library.desc(shape, tag) for shape in (x_shape, y_shape))
+        self.x_md, self.y_md = (library.desc(shape, tag, _DNNL_TYPES[key.activations])
+                                for shape in (x_shape, y_shape))
         self.y_shape = [y_shape[0], *y_shape[2:], y_shape[1]] if key.channels_last else y_shape
         geometry = _PoolGeometry(_Dims(*stride), _Dims(*kernel), _Dims(0, 0, 0),
                                  _Dims(*padding), _Dims(*padding))
@@ -925,7 +962,7 @@ class _PoolPlan:
 
     def forward(self, x: paddle.Tensor):
         """(y, the workspace for `backward`: None outside training)."""
-        y = _empty(self.y_shape, x.place)
+        y = _empty(self.y_shape, x.place, x.dtype)
         memories = {'src': self.library.memory(self.x_md, x.data_ptr()),
                     'dst': self.library.memory(self.y_md, y.data_ptr())}
         workspace = None
@@ -936,7 +973,7 @@ class _PoolPlan:
         return y, workspace
 
     def backward(self, grad_y: paddle.Tensor, workspace: paddle.Tensor, x_shape):
-        grad_x = _empty(x_shape, grad_y.place)
+        grad_x = _empty(x_shape, grad_y.place, grad_y.dtype)
         self.run('backward', {'diff_dst': self.library.memory(self.y_md, grad_y.data_ptr()),
                               'diff_src': self.library.memory(self.x_md, grad_x.data_ptr()),
                               'workspace': self.library.memory(self.ws_md,
@@ -952,6 +989,7 @@ class _PoolKey(NamedTuple):
     padding: tuple
     training: bool  # with the workspace and the backward pass
     channels_last: bool = False  # x and y NDHWC tensors (x_shape as ever NCDHW)
+    activations: str = 'float32'  # their dtype ('bfloat16': channels-last)
 
 
 _pool_plans: 'collections.OrderedDict[_PoolKey, _PoolPlan]' = collections.OrderedDict()
@@ -996,7 +1034,7 @@ def max_pool3d(x: paddle.Tensor, kernel, stride, padding,
         with _lock:
             plan = _pool_plan(_PoolKey(tuple(_ncdhw(x.shape) if channels_last else x.shape),
                                        tuple(kernel), tuple(stride), tuple(padding), training,
-                                       channels_last))
+                                       channels_last, _activations(x)))
     except OneDNNError:
         return paddles()
     if training:
@@ -1031,7 +1069,7 @@ class MaxPool3D(paddle.nn.MaxPool3D):
         padding = triple(self.padding)
         if None in (kernel, stride, padding) or self.ceil_mode or self.return_mask:
             return None
-        if (paddle.in_dynamic_mode() and _on_cpu(x) and x.dtype == paddle.float32
+        if (paddle.in_dynamic_mode() and _on_cpu(x) and _takes(x)
                 and len(x.shape) == 5 and self.data_format == 'NCDHW' and enabled()):
             return kernel, stride, padding
         return None
@@ -1045,6 +1083,7 @@ class _NormKey(NamedTuple):
     epsilon: float
     relu: bool  # the ReLU after it fused
     training: bool  # the batch's statistics, the backward pass; else the running ones
+    activations: str = 'float32'  # x's and y's dtype (the statistics and scale are float32)
 
 
 class _NormPlan:
@@ -1057,7 +1096,7 @@ class _NormPlan:
 
     def __init__(self, library: _Library, key: _NormKey):
         self.library = library
-        self.md = library.desc(key.shape, dnnl_acdeb)
+        self.md = library.desc(key.shape, dnnl_acdeb, _DNNL_TYPES[key.activations])
         self.channel_md = library.desc(key.shape[1:2], dnnl_a)
         flags = (dnnl_use_scale | dnnl_use_shift | (dnnl_fuse_norm_relu if key.relu else 0)
                  | (0 if key.training else dnnl_use_global_stats))
@@ -1112,7 +1151,7 @@ class _BatchNormalization(PyLayer):
     @staticmethod
     def forward(ctx, x, weight, bias, layer, plan):
         channels = [x.shape[-1]]
-        y = _empty(x.shape, x.place)
+        y = _empty(x.shape, x.place, x.dtype)
         mean, variance = _empty(channels, x.place), _empty(channels, x.place)
         workspace = (paddle._C_ops.empty([max(1, plan.ws_bytes)], paddle.uint8, x.place)
                      if plan.ws_md is not None else None)
@@ -1131,7 +1170,7 @@ class _BatchNormalization(PyLayer):
         x, weight, mean, variance = ctx.saved_tensor()
         if hasattr(grad_y, 'contiguous'):
             grad_y = grad_y.contiguous()
-        grad_x = _empty(x.shape, x.place)
+        grad_x = _empty(x.shape, x.place, x.dtype)
         grad_weight, grad_bias = (_empty(weight.shape, x.place) for _ in range(2))
         ctx.plan.run('backward', {'src': x, 'diff_dst': grad_y, 'diff_src': grad_x,
                                   'scale': weight, 'mean': mean, 'variance': variance,
@@ -1148,26 +1187,29 @@ class BatchNorm3D(paddle.nn.BatchNorm3D):
 
     def forward(self, x, relu: Optional[paddle.nn.Layer] = None):
         if channels_last_active():
-            eval_with_grad = not self.training and paddle.is_grad_enabled() and not x.stop_gradient
-            if self._use_global_stats is None and not eval_with_grad:
-                if hasattr(x, 'contiguous'):
-                    x = x.contiguous()
-                plan = _norm_plan(_NormKey(tuple(_ncdhw(x.shape)), float(self._epsilon),
-                                           relu is not None, self.training))
-                if self.training:
-                    return _BatchNormalization.apply(x, self.weight, self.bias, self, plan)
-                y = _empty(x.shape, x.place)
-                plan.run('forward', {'src': x, 'dst': y, 'scale': self.weight,
-                                     'shift': self.bias, 'mean': self._mean,
-                                     'variance': self._variance}, None)
-                return y
+            return self._forward_channels_last(x, relu)
+        y = paddle.nn.BatchNorm3D.forward(self, x)
+        return y if relu is None else relu(y)
+
+    @paddle.jit.not_to_static  # Paddle 2.6's paddle.jit would rewrite the library's loading
+    def _forward_channels_last(self, x, relu):
+        eval_with_grad = not self.training and paddle.is_grad_enabled() and not x.stop_gradient
+        if self._use_global_stats is not None or eval_with_grad:  # Paddle's kernel
             y = paddle.nn.functional.batch_norm(
                 x, self._mean, self._variance, weight=self.weight, bias=self.bias,
                 training=self.training, momentum=self._momentum, epsilon=self._epsilon,
                 data_format='NDHWC', use_global_stats=self._use_global_stats)
-        else:
-            y = paddle.nn.BatchNorm3D.forward(self, x)
-        return y if relu is None else relu(y)
+            return y if relu is None else relu(y)
+        if hasattr(x, 'contiguous'):
+            x = x.contiguous()
+        plan = _norm_plan(_NormKey(tuple(_ncdhw(x.shape)), float(self._epsilon),
+                                   relu is not None, self.training, _activations(x)))
+        if self.training:
+            return _BatchNormalization.apply(x, self.weight, self.bias, self, plan)
+        y = _empty(x.shape, x.place, x.dtype)
+        plan.run('forward', {'src': x, 'dst': y, 'scale': self.weight, 'shift': self.bias,
+                             'mean': self._mean, 'variance': self._variance}, None)
+        return y
 
 
 # --- Residual additions (channels-last) --------------------------------------------------------
@@ -1178,9 +1220,9 @@ class _AddReLUPlan:
     of both a and b). On R3D's [8, 256, 8, 28, 28] residual sums about 2x Paddle's add + ReLU
     (in place) forward and backward."""
 
-    def __init__(self, library: _Library, shape: tuple):
+    def __init__(self, library: _Library, shape: tuple, activations: str):
         self.library = library
-        self.md = library.desc(shape, PLAIN_TAGS[len(shape)])
+        self.md = library.desc(shape, PLAIN_TAGS[len(shape)], _DNNL_TYPES[activations])
         forward_pd, hint_pd, backward_pd = _c(), _c(), _c()
         library.call('dnnl_binary_primitive_desc_create', ctypes.byref(forward_pd),
                      library.engine, dnnl_binary_add, self.md, self.md, self.md,
@@ -1206,7 +1248,7 @@ class _AddReLUPlan:
         """Pass `name` on `tensors` (argument -> tensor); returns the one it writes."""
         output = 'dst' if name == 'forward' else 'diff_src'
         first = next(iter(tensors.values()))
-        tensors = dict(tensors, **{output: _empty(first.shape, first.place)})
+        tensors = dict(tensors, **{output: _empty(first.shape, first.place, first.dtype)})
         with _lock:
             self.passes[name].execute(self.library, {
                 arg: self.library.memory(self.md, t.data_ptr()) for arg, t in tensors.items()})
@@ -1234,6 +1276,7 @@ class _AddReLU(PyLayer):
         return grad, grad.clone()  # a tensor each: Paddle may sum into either in place
 
 
+@paddle.jit.not_to_static  # Paddle 2.6's paddle.jit would rewrite the library's loading
 def add_relu(a: paddle.Tensor, b: paddle.Tensor, relu: paddle.nn.Layer) -> paddle.Tensor:
     """`relu(a + b)` (a ResNet block's output), in one oneDNN pass inside `channels_last()`,
     else by `relu`."""
@@ -1241,9 +1284,9 @@ def add_relu(a: paddle.Tensor, b: paddle.Tensor, relu: paddle.nn.Layer) -> paddl
         return relu(a + b)
     if hasattr(a, 'contiguous'):
         a, b = a.contiguous(), b.contiguous()
-    shape = tuple(a.shape)
+    key = (tuple(a.shape), _activations(a))
     with _lock:
-        plan = _cached(_add_relu_plans, shape, lambda: _AddReLUPlan(library(), shape))
+        plan = _cached(_add_relu_plans, key, lambda: _AddReLUPlan(library(), *key))
     if paddle.is_grad_enabled() and not (a.stop_gradient and b.stop_gradient):
         return _AddReLU.apply(a, b, plan)
     return plan.run('forward', {'src': a, 'src_1': b})

@@ -16,8 +16,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .onednn import (BatchNorm3D, Conv3D, MaxPool3D, add_relu, channels_last,
-                     channels_last_active, channels_last_enabled)
+from .onednn import (BatchNorm3D, Conv3D, MaxPool3D, active_compute_dtype, add_relu,
+                     channels_last, channels_last_active, channels_last_enabled)
 
 
 def get_inplanes():
@@ -155,6 +155,7 @@ class ResNet(nn.Layer):
         self.no_max_pool = no_max_pool
         # the blocks written for both layouts (and their subclasses: ResNeXt's, wide ones)
         self.channels_last_blocks = issubclass(block, (BasicBlock, Bottleneck))
+        self.shortcut_type = shortcut_type
 
         self._make_stem(n_input_channels, conv1_t_size, conv1_t_stride)
         self.relu = ReLU()
@@ -193,9 +194,12 @@ class ResNet(nn.Layer):
 
     def forward(self, x):
         if self._runs_channels_last(x):
+            x = x.transpose([0, 2, 3, 4, 1])
+            if active_compute_dtype() == 'bfloat16' and self.shortcut_type == 'B':
+                x = x.astype('bfloat16')  # activations in bfloat16, as PyTorch's autocast
             with channels_last():
-                x = self.trunk(x.transpose([0, 2, 3, 4, 1]))
-            x = x.mean(axis=[1, 2, 3])  # [N, C]
+                x = self.trunk(x)
+            x = x.astype('float32').mean(axis=[1, 2, 3])  # [N, C]
         else:
             x = self.avgpool(self.trunk(x)).flatten(1)  # [N, C]
         return self.fc(x)

@@ -13,6 +13,8 @@ from models import onednn, pre_act_resnet, resnet, resnext
 pytestmark = [pytest.mark.skipif(onednn.load_error() is not None,
                                  reason=f'oneDNN not loadable: {onednn.load_error()}'),
               pytest.mark.usefixtures('cpu')]
+needs_bfloat16 = pytest.mark.skipif(not onednn.bfloat16_supported(),
+                                    reason='this CPU has no bfloat16 instructions')
 
 
 def ndhwc(t):
@@ -228,3 +230,52 @@ def test_a_layer_that_cannot_run_channels_last_says_so():
     dilated = onednn.Conv3D(4, 4, 3, padding=2, dilation=2)
     with onednn.channels_last(), pytest.raises(onednn.OneDNNError, match='channels_last'):
         dilated(paddle.zeros([1, 4, 5, 5, 4]))
+
+
+def bfloat16(array) -> np.ndarray:
+    """`array` rounded to bfloat16 (to nearest even), as float32."""
+    bits = np.asarray(array, np.float32).view(np.uint32)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32)
+
+
+@needs_bfloat16
+def test_bfloat16_activations_through_each_layer():
+    """Inside channels_last(), bfloat16 tensors in, bfloat16 tensors out (gradients too), each
+    layer within bfloat16's rounding of its float32 result on the same (rounded) input."""
+    rng = np.random.default_rng(8)
+    x = bfloat16(rng.standard_normal([2, 4, 6, 6, 16]))
+    conv, bn = resnet.conv3d(16, 16, 3, stride=2, padding=1), resnet.batch_norm(16)
+    layers = {'conv': (conv, [conv.weight]),
+              'bn+relu': (lambda t: bn(t, F.relu), [bn.weight, bn.bias]),
+              'pool': (onednn.MaxPool3D(3, 2, 1), []),
+              'add+relu': (lambda t: onednn.add_relu(t, t * 0.5, F.relu), [])}
+    for name, (layer, parameters) in layers.items():
+        results = []
+        for dtype in ('bfloat16', 'float32'):
+            xt = leaf(x).astype(dtype).detach()
+            xt.stop_gradient = False
+            with onednn.channels_last():
+                y = layer(xt)
+            assert y.dtype == xt.dtype, name
+            g, *parameter_grads = grads(y.astype('float32'), [xt, *parameters])
+            assert g.dtype == xt.dtype, name
+            results.append([t.astype('float32').numpy() for t in (y, g, *parameter_grads)])
+        for bfloat16_result, float32_result in zip(*results):
+            assert relative(bfloat16_result, float32_result) < 2e-2, name
+
+
+@needs_bfloat16
+def test_under_bfloat16_the_trunk_keeps_bfloat16_activations_except_with_shortcut_a(
+        monkeypatch):
+    seen = []
+    forward = onednn.Conv3D.forward
+    monkeypatch.setattr(onednn.Conv3D, 'forward',
+                        lambda self, x: seen.append(x.dtype) or forward(self, x))
+    clips = paddle.zeros([1, 3, 4, 32, 32])
+    for shortcut, dtype in (('B', paddle.bfloat16), ('A', paddle.float32)):
+        model = resnet.generate_model(10, n_classes=3, shortcut_type=shortcut)
+        seen.clear()
+        with onednn.compute_dtype('bfloat16'):
+            logits = model(clips)
+        assert set(seen) == {dtype} and logits.dtype == paddle.float32
