@@ -1,6 +1,8 @@
 """ResNets' channels-last trunk on oneDNN (models.onednn.channels_last): each layer against
 Paddle's own kernel in the same layout, whole models against float64, and where it must not
 run."""
+import types
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -216,6 +218,10 @@ def test_channels_last_only_where_every_layer_can_run_there():
     assert runs_channels_last(resnext.generate_model(50, n_classes=5, cardinality=4))
     # blocks written for NCDHW only
     assert not runs_channels_last(pre_act_resnet.generate_model(10, n_classes=5))
+    # clips on a GPU
+    gpu = types.SimpleNamespace(place=types.SimpleNamespace(is_cpu_place=lambda: False),
+                                dtype=paddle.float32, shape=[1, 3, 4, 16, 16])
+    assert not resnet.generate_model(10, n_classes=5)._runs_channels_last(gpu)
     # data parallelism's SyncBatchNorm
     synced = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(resnet.generate_model(10))
     assert not runs_channels_last(synced)
