@@ -597,35 +597,32 @@ def enabled() -> bool:
     return getattr(_state, 'enabled', True) and library() is not None
 
 
-class use_onednn:
-    """`with use_onednn(False):` runs `Conv3D` layers on Paddle's own kernel (and True on
-    oneDNN) in this thread, for comparisons and benchmarks."""
+class _Setting:
+    """A setting of this thread (`_state.<name>`, else `default`) for the `with` block."""
+    name, default = None, None
 
-    def __init__(self, on: bool):
-        self.on = on
+    def __init__(self, value):
+        self.value = value
 
     def __enter__(self):
-        self.previous = getattr(_state, 'enabled', True)
-        _state.enabled = self.on
+        self.previous = getattr(_state, self.name, self.default)
+        setattr(_state, self.name, self.value)
 
     def __exit__(self, *exc_info):
-        _state.enabled = self.previous
+        setattr(_state, self.name, self.previous)
 
 
-class use_channels_last:
+class use_onednn(_Setting):
+    """`with use_onednn(False):` runs `Conv3D` layers on Paddle's own kernel (and True on
+    oneDNN) in this thread, for comparisons and benchmarks."""
+    name, default = 'enabled', True
+
+
+class use_channels_last(_Setting):
     """`with use_channels_last(False):` models built for it (`resnet.ResNet`) run their trunk in
     Paddle's NCDHW layout (True: channels-last, where `channels_last_enabled()`), in this
     thread, for comparisons and benchmarks."""
-
-    def __init__(self, on: bool):
-        self.on = on
-
-    def __enter__(self):
-        self.previous = getattr(_state, 'use_channels_last', True)
-        _state.use_channels_last = self.on
-
-    def __exit__(self, *exc_info):
-        _state.use_channels_last = self.previous
+    name, default = 'use_channels_last', True
 
 
 def channels_last_enabled() -> bool:
@@ -633,20 +630,17 @@ def channels_last_enabled() -> bool:
     return getattr(_state, 'use_channels_last', True) and enabled()
 
 
-class channels_last:
+class channels_last(_Setting):
     """`with channels_last():` the `Conv3D`, `BatchNorm3D` and `MaxPool3D` layers called in this
     thread take and give channels-last (NDHWC) tensors, whatever their data_format says, each on
     oneDNN: its convolutions then need no reorders of float32 data, and its batch normalization
     (with the ReLU after it fused) runs in oneDNN's channels-last kernels, 2-3x Paddle's. Where
     a layer cannot run there (not on the CPU, not float32, not in dygraph), it raises
     OneDNNError: the model that enters this checks that first (`resnet.ResNet`)."""
+    name, default = 'channels_last', False
 
-    def __enter__(self):
-        self.previous = channels_last_active()
-        _state.channels_last = True
-
-    def __exit__(self, *exc_info):
-        _state.channels_last = self.previous
+    def __init__(self):
+        super().__init__(True)
 
 
 def channels_last_active() -> bool:
@@ -694,7 +688,7 @@ def bfloat16_supported() -> bool:
     return _bfloat16
 
 
-class compute_dtype:
+class compute_dtype(_Setting):
     """`with compute_dtype('bfloat16'):` the oneDNN convolutions started in this thread
     (`Conv3D` layers on the CPU, `conv3d`) multiply in bfloat16 and accumulate in float32;
     'float32' is the default. Wrap the forward pass, as `paddle.amp.auto_cast`: a
@@ -703,6 +697,7 @@ class compute_dtype:
     channels-last trunk, whose activations it makes bfloat16: `resnet.ResNet.forward`).
     'bfloat16' raises OneDNNError unless `bfloat16_supported()`; the setting is per thread, as
     `use_onednn`."""
+    name, default = 'dtype', 'float32'
 
     def __init__(self, dtype: str):
         if dtype not in _DNNL_TYPES:
@@ -711,14 +706,7 @@ class compute_dtype:
             raise OneDNNError('bfloat16 convolutions need oneDNN 3.x and a CPU with '
                               'AVX512-BF16 or AMX (onednn.bfloat16_supported() is False'
                               + (f'; {load_error()})' if load_error() else ')'))
-        self.dtype = dtype
-
-    def __enter__(self):
-        self.previous = getattr(_state, 'dtype', 'float32')
-        _state.dtype = self.dtype
-
-    def __exit__(self, *exc_info):
-        _state.dtype = self.previous
+        super().__init__(dtype)
 
 
 def active_compute_dtype() -> str:

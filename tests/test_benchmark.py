@@ -50,7 +50,7 @@ def assert_profile_of_a_step(result, capfd):
     assert set(groups) == set(benchmark.PROFILE_COLUMNS)
     for group in ('conv forward', 'conv backward data', 'conv backward weights', 'reorders'):
         assert groups[group] > 0, group
-    assert groups['outside oneDNN'] > 0  # BN, ReLU, the loss, the optimizer
+    # the rest of the step is what the groups leave of it (timed in other calls: no sign here)
     assert sum(groups.values()) == pytest.approx(result['step_ms'])
     assert 'verbose' not in capfd.readouterr().out  # the lines went to the capture file only
 

@@ -1,6 +1,7 @@
 """ResNets' channels-last trunk on oneDNN (models.onednn.channels_last): each layer against
 Paddle's own kernel in the same layout, whole models against float64, and where it must not
 run."""
+import contextlib
 import types
 
 import numpy as np
@@ -79,40 +80,36 @@ def test_batch_norm_in_eval_mode_uses_the_running_statistics(relu):
     np.testing.assert_allclose(y, np.maximum(expected, 0) if relu else expected, atol=1e-5)
 
 
+def ours_and_paddles(x, ours, paddles, parameters=()):
+    """[output, gradient of x, of each parameter] of `ours` inside channels_last() and of
+    `paddles` (Paddle's own kernel on NDHWC data), each given a leaf copy of `x`."""
+    results = []
+    for layer, inside in ((ours, onednn.channels_last), (paddles, contextlib.nullcontext)):
+        xt = leaf(x)
+        with inside():
+            y = layer(xt)
+        results.append([y, *grads(y, [xt, *parameters])])
+    return results
+
+
 @pytest.mark.parametrize('kernel, stride, padding, groups', [
     (1, 1, 0, 1), (1, 2, 0, 1), (3, 1, 1, 1), (3, 2, 1, 1), ((3, 7, 7), (1, 2, 2), (1, 3, 3), 1),
     (3, 1, 1, 4)])
 def test_convolution_on_channels_last_data_is_paddles(kernel, stride, padding, groups):
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal([3, 6, 9, 10, 8]).astype('float32')  # NDHWC
+    x = np.random.default_rng(2).standard_normal([3, 6, 9, 10, 8]).astype('float32')  # NDHWC
     conv = resnet.conv3d(8, 16, kernel, stride=stride, padding=padding, groups=groups)
-    results = []
-    for channels_last in (True, False):
-        xt = leaf(x)
-        if channels_last:
-            with onednn.channels_last():
-                y = conv(xt)
-        else:
-            y = F.conv3d(xt, conv.weight, stride=conv._stride, padding=conv._padding,
-                         groups=groups, data_format='NDHWC')
-        results.append([y, *grads(y, [xt, conv.weight])])
+    results = ours_and_paddles(
+        x, conv, lambda t: F.conv3d(t, conv.weight, stride=conv._stride, padding=conv._padding,
+                                    groups=groups, data_format='NDHWC'), [conv.weight])
     for actual, expected in zip(*results):
         assert relative(actual.numpy(), expected.numpy()) < 1e-5
 
 
 def test_max_pooling_on_channels_last_data_is_paddles():
     x = np.random.default_rng(3).standard_normal([2, 5, 9, 9, 4]).astype('float32')
-    pool = onednn.MaxPool3D(kernel_size=3, stride=2, padding=1)
-    results = []
-    for channels_last in (True, False):
-        xt = leaf(x)
-        if channels_last:
-            with onednn.channels_last():
-                y = pool(xt)
-        else:
-            y = F.max_pool3d(xt, 3, 2, 1, data_format='NDHWC')
-        results.append([y, *grads(y, [xt])])
-    (y, grad_x), (expected_y, expected_grad_x) = results
+    (y, grad_x), (expected_y, expected_grad_x) = ours_and_paddles(
+        x, onednn.MaxPool3D(kernel_size=3, stride=2, padding=1),
+        lambda t: F.max_pool3d(t, 3, 2, 1, data_format='NDHWC'))
     np.testing.assert_array_equal(y.numpy(), expected_y.numpy())
     assert relative(grad_x.numpy(), expected_grad_x.numpy()) < 1e-6  # overlapping windows' sums
 

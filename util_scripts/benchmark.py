@@ -721,18 +721,13 @@ def make_cases(args, with_torch: bool) -> List[dict]:
     for depth in args.model_depth:
         for dtype in args.dtypes:
             precise = dict(shape, dtype=dtype)
-            if 'train' in args.jobs:
-                cases.append(dict(precise, job='train', impl='paddle', depth=depth,
-                                  backend='dygraph'))
-                if with_torch and torch_runs(dtype, args.quick):
-                    cases.append(dict(precise, job='train', impl='torch', depth=depth,
-                                      backend='eager' if dtype == 'float32' else 'autocast'))
-            if 'profile' in args.jobs:
-                cases.append(dict(precise, job='profile', impl='paddle', depth=depth,
-                                  backend='dygraph'))
-                if with_torch and torch_runs(dtype, args.quick):
-                    cases.append(dict(precise, job='profile', impl='torch', depth=depth,
-                                      backend='eager' if dtype == 'float32' else 'autocast'))
+            for job in ('train', 'profile'):  # a training step: timed, and taken apart
+                if job in args.jobs:
+                    cases.append(dict(precise, job=job, impl='paddle', depth=depth,
+                                      backend='dygraph'))
+                    if with_torch and torch_runs(dtype, args.quick):
+                        cases.append(dict(precise, job=job, impl='torch', depth=depth,
+                                          backend='eager' if dtype == 'float32' else 'autocast'))
             if 'infer' in args.jobs:
                 cases += [dict(precise, job='infer', impl='paddle', depth=depth, backend=b)
                           for b in (('dygraph', 'onednn') if dtype == 'float32' else
