@@ -902,7 +902,23 @@ def _single_pass(library: _Library, pd: _c) -> _Pass:
     return _Pass(library.primitive(pd), {}, scratchpad, library.size(scratchpad))
 
 
-class _PoolPlan:
+class _TensorPlan:
+    """A plan of passes on Paddle's tensors as they are (`passes`: name -> `_Pass`), which owns
+    the primitive descriptors `pds` and memory descriptors `descs` and frees them with itself."""
+    library: _Library
+    passes: dict
+    pds: list
+    descs: list
+
+    def __del__(self):
+        try:
+            self.library.destroy([p.primitive for p in self.passes.values()], self.pds,
+                                 self.descs)
+        except Exception:  # at interpreter exit, ctypes may be gone first
+            pass
+
+
+class _PoolPlan(_TensorPlan):
     """oneDNN's max pooling of one shape on Paddle's plain float32 tensors (NCDHW, or NDHWC with
     `key.channels_last`): forward (in training with its workspace, the position of each
     maximum) and backward. For R3D's stem, [8, 64, 16, 56, 56] with kernel 3, stride 2, padding
@@ -916,8 +932,8 @@ class _PoolPlan:
         y_shape = [*x_shape[:2], *[(size + 2 * p - k) // st + 1 for size, k, st, p
                                    in zip(x_shape[2:], kernel, stride, padding)]]
         tag = dnnl_acdeb if key.channels_last else dnnl_abcde
-        self.x_md, self.y_md = (library.desc(shape, tag, _DNNL_TYPES[key.activations])
-                                for shape in (x_shape, y_shape))
+        self.x_md, self.y_md = self.descs = [library.desc(shape, tag, _DNNL_TYPES[key.activations])
+                                             for shape in (x_shape, y_shape)]
         self.y_shape = [y_shape[0], *y_shape[2:], y_shape[1]] if key.channels_last else y_shape
         geometry = _PoolGeometry(_Dims(*stride), _Dims(*kernel), _Dims(0, 0, 0),
                                  _Dims(*padding), _Dims(*padding))
@@ -936,13 +952,6 @@ class _PoolPlan:
                          forward_pd, library.attr)
             self.pds.append(backward_pd)
             self.passes['backward'] = _single_pass(library, backward_pd)
-
-    def __del__(self):
-        try:
-            self.library.destroy([p.primitive for p in self.passes.values()], self.pds,
-                                 [self.x_md, self.y_md])
-        except Exception:  # at interpreter exit, ctypes may be gone first
-            pass
 
     def run(self, name: str, memories: dict) -> None:
         self.passes[name].execute(self.library, memories)
@@ -1074,7 +1083,7 @@ class _NormKey(NamedTuple):
     activations: str = 'float32'  # x's and y's dtype (the statistics and scale are float32)
 
 
-class _NormPlan:
+class _NormPlan(_TensorPlan):
     """oneDNN's batch normalization of one shape on channels-last float32 tensors, with scale
     and shift: forward in training (the batch's mean and biased variance out, as Paddle's
     kernel) and backward, or forward in inference (the running statistics in). With
@@ -1086,6 +1095,7 @@ class _NormPlan:
         self.library = library
         self.md = library.desc(key.shape, dnnl_acdeb, _DNNL_TYPES[key.activations])
         self.channel_md = library.desc(key.shape[1:2], dnnl_a)
+        self.descs = [self.md, self.channel_md]
         flags = (dnnl_use_scale | dnnl_use_shift | (dnnl_fuse_norm_relu if key.relu else 0)
                  | (0 if key.training else dnnl_use_global_stats))
         forward_pd = _c()
@@ -1106,13 +1116,6 @@ class _NormPlan:
                          self.md, self.md, key.epsilon, flags, forward_pd, library.attr)
             self.pds.append(backward_pd)
             self.passes['backward'] = _single_pass(library, backward_pd)
-
-    def __del__(self):
-        try:
-            self.library.destroy([p.primitive for p in self.passes.values()], self.pds,
-                                 [self.md, self.channel_md])
-        except Exception:  # at interpreter exit, ctypes may be gone first
-            pass
 
     def run(self, name: str, tensors: dict, workspace: Optional[paddle.Tensor]) -> None:
         """Pass `name` on `tensors` (argument -> tensor: NDHWC data or per-channel vectors)."""
@@ -1202,7 +1205,7 @@ class BatchNorm3D(paddle.nn.BatchNorm3D):
 
 # --- Residual additions (channels-last) --------------------------------------------------------
 
-class _AddReLUPlan:
+class _AddReLUPlan(_TensorPlan):
     """`relu(a + b)` of two float32 tensors of one shape on oneDNN, in one pass (a binary add
     with the ReLU as its post-op), and its backward (the ReLU's, from its output: the gradient
     of both a and b; 4 ms on [8, 256, 8, 28, 28] where Paddle's relu_grad takes 9 ms). R3D-50's
@@ -1211,6 +1214,7 @@ class _AddReLUPlan:
     def __init__(self, library: _Library, shape: tuple, activations: str):
         self.library = library
         self.md = library.desc(shape, PLAIN_TAGS[len(shape)], _DNNL_TYPES[activations])
+        self.descs = [self.md]
         forward_pd, hint_pd, backward_pd = _c(), _c(), _c()
         library.call('dnnl_binary_primitive_desc_create', ctypes.byref(forward_pd),
                      library.engine, dnnl_binary_add, self.md, self.md, self.md,
@@ -1224,13 +1228,6 @@ class _AddReLUPlan:
         self.pds = [forward_pd, hint_pd, backward_pd]
         self.passes = {'forward': _single_pass(library, forward_pd),
                        'backward': _single_pass(library, backward_pd)}
-
-    def __del__(self):
-        try:
-            self.library.destroy([p.primitive for p in self.passes.values()], self.pds,
-                                 [self.md])
-        except Exception:  # at interpreter exit, ctypes may be gone first
-            pass
 
     def run(self, name: str, tensors: dict) -> paddle.Tensor:
         """Pass `name` on `tensors` (argument -> tensor); returns the one it writes."""
