@@ -1154,6 +1154,7 @@ class _BatchNormalization(PyLayer):
             layer._variance.copy_(layer._variance * m + variance * (1 - m), False)
         ctx.save_for_backward(x, weight, mean, variance)
         ctx.plan, ctx.workspace = plan, workspace
+        ctx.needed = [not t.stop_gradient for t in (x, weight, bias)]  # frozen ones get None
         return y
 
     @staticmethod
@@ -1167,7 +1168,8 @@ class _BatchNormalization(PyLayer):
                                   'scale': weight, 'mean': mean, 'variance': variance,
                                   'diff_scale': grad_weight, 'diff_shift': grad_bias},
                      ctx.workspace)
-        return grad_x, grad_weight, grad_bias
+        return tuple(grad if needed else None
+                     for grad, needed in zip((grad_x, grad_weight, grad_bias), ctx.needed))
 
 
 class BatchNorm3D(paddle.nn.BatchNorm3D):
@@ -1249,7 +1251,7 @@ class _AddReLU(PyLayer):
     def forward(ctx, a, b, plan):
         y = plan.run('forward', {'src': a, 'src_1': b})
         ctx.save_for_backward(y)
-        ctx.plan = plan
+        ctx.plan, ctx.needed = plan, [not t.stop_gradient for t in (a, b)]
         return y
 
     @staticmethod
@@ -1258,7 +1260,9 @@ class _AddReLU(PyLayer):
         if hasattr(grad_y, 'contiguous'):
             grad_y = grad_y.contiguous()
         grad = ctx.plan.run('backward', {'dst': y, 'diff_dst': grad_y})
-        return grad, grad.clone()  # a tensor each: Paddle may sum into either in place
+        if all(ctx.needed):
+            return grad, grad.clone()  # a tensor each: Paddle may sum into either in place
+        return tuple(grad if needed else None for needed in ctx.needed)
 
 
 @paddle.jit.not_to_static  # Paddle 2.6's paddle.jit would rewrite the library's loading

@@ -192,6 +192,28 @@ def test_a_training_step_channels_last_is_a_float64_step(name, monkeypatch):
             assert cosine(actual, expected) > 0.995
 
 
+@pytest.mark.parametrize('frozen', ['stem', 'BN scales and shifts'])
+def test_frozen_parameters_get_no_gradient_and_the_others_the_ncdhw_trunks(frozen):
+    """As `--ft_begin_module layer1` freezes the stem (a block's residual then needs no
+    gradient), and with BN's affine parameters frozen."""
+    paddle.seed(0)
+    model = resnet.generate_model(18, n_classes=3, widen_factor=0.25)
+    for name, parameter in model.named_parameters():
+        if name.startswith(('conv1', 'bn1')) if frozen == 'stem' else '.bn' in name:
+            parameter.stop_gradient = True
+    trainable = sum(not p.stop_gradient for p in model.parameters())
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    clips = np.random.default_rng(9).standard_normal([4, 3, 8, 48, 48]).astype('float32')
+    results = []
+    for on in (True, False):
+        model.set_state_dict(state)
+        with onednn.use_channels_last(on):
+            results.append(step(model, clips)[1])
+    assert len(results[0]) == len(results[1]) == trainable
+    for actual, expected in zip(*results):
+        assert cosine(actual, expected) > 0.995
+
+
 def test_eval_mode_channels_last_is_the_ncdhw_trunk():
     paddle.seed(0)
     model = MODELS['R3D-50 (bottlenecks)']()
