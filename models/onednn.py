@@ -21,11 +21,12 @@ Max pooling (`MaxPool3D`, the stem's) runs on oneDNN too, forward and backward, 
 plain float32 tensors: Paddle's CPU kernel took 8x longer.
 
 Channels-last: inside `channels_last()` (which `resnet.ResNet` enters for its trunk), these
-layers and `BatchNorm3D` take NDHWC tensors. The convolutions then read and write float32 data
-as it is (no reorders; in bfloat16 a conversion of src and diff_dst only), and batch
-normalization runs on oneDNN's channels-last kernels with the ReLU after it fused, forward and
-backward (oneDNN's BN on Paddle's NCDHW layout is 8x slower than Paddle's own, on NDHWC 2-3x
-faster). R3D-50's training step: 7-8% shorter, R3D-18's 2-3% (2-core AMD EPYC).
+layers, `BatchNorm3D` and `add_relu` take NDHWC tensors. The convolutions then read and write
+the activations as they are (no reorders; float32 ones under bfloat16 products are converted),
+batch normalization runs on oneDNN's channels-last kernels with the ReLU after it fused, forward
+and backward (oneDNN's BN on Paddle's NCDHW layout is 8x slower than Paddle's own, on NDHWC 2-3x
+faster), and a block's residual sum with its ReLU is one pass. Against the NCDHW trunk, R3D-50's
+training step is 6-8% shorter in float32 and 16% in bfloat16, R3D-18's 3-6% (2-core AMD EPYC).
 
 Public: `Conv3D`, `conv3d`, `MaxPool3D`, `max_pool3d`, `BatchNorm3D`, `use_onednn`,
 `use_channels_last`, `channels_last`, `compute_dtype`, `bfloat16_supported`, `library`,
@@ -201,22 +202,23 @@ class _Library:
         self.call('dnnl_engine_create', ctypes.byref(self.engine), dnnl_cpu, 0)
         self.call('dnnl_stream_create', ctypes.byref(self.stream), self.engine,
                   dnnl_stream_in_order)
-        # each primitive's scratch memory comes from our workspace at execution: oneDNN would
-        # otherwise keep one per primitive, for as long as the primitive lives
-        self.attr = _c()
-        self.call('dnnl_primitive_attr_create', ctypes.byref(self.attr))
-        self.call('dnnl_primitive_attr_set_scratchpad_mode', self.attr,
-                  dnnl_scratchpad_mode_user)
-        # the same, with a ReLU applied to the primitive's result
-        self.relu_attr, post_ops = _c(), _c()
-        self.call('dnnl_primitive_attr_create', ctypes.byref(self.relu_attr))
-        self.call('dnnl_primitive_attr_set_scratchpad_mode', self.relu_attr,
-                  dnnl_scratchpad_mode_user)
-        self.call('dnnl_post_ops_create', ctypes.byref(post_ops))
-        self.call('dnnl_post_ops_append_eltwise', post_ops, dnnl_eltwise_relu, 0.0, 0.0)
-        self.call('dnnl_primitive_attr_set_post_ops', self.relu_attr, post_ops)
-        self.call('dnnl_post_ops_destroy', post_ops)
+        self.attr, self.relu_attr = self._attributes(), self._attributes(relu=True)
         self.transient = []  # memory objects of the current call: see `release`
+
+    def _attributes(self, relu: bool = False) -> _c:
+        """Primitive attributes: each primitive's scratch memory comes from our workspace at
+        execution (oneDNN would otherwise keep one per primitive, for as long as the primitive
+        lives); with `relu`, a ReLU is applied to the primitive's result."""
+        attr = _c()
+        self.call('dnnl_primitive_attr_create', ctypes.byref(attr))
+        self.call('dnnl_primitive_attr_set_scratchpad_mode', attr, dnnl_scratchpad_mode_user)
+        if relu:
+            post_ops = _c()
+            self.call('dnnl_post_ops_create', ctypes.byref(post_ops))
+            self.call('dnnl_post_ops_append_eltwise', post_ops, dnnl_eltwise_relu, 0.0, 0.0)
+            self.call('dnnl_primitive_attr_set_post_ops', attr, post_ops)
+            self.call('dnnl_post_ops_destroy', post_ops)
+        return attr
 
     def call(self, name: str, *args) -> None:
         """Call a function that returns a dnnl_status_t; raise OneDNNError unless it succeeded."""
@@ -278,9 +280,10 @@ class _Library:
 
 
 class _Operand:
-    """One operand of a primitive: its plain float32 descriptor (Paddle's tensor: `tag`, by
-    default row-major as NCDHW) and, when the primitive wants another layout or data type, the
-    reorders between the two (a reorder converts float32 to bfloat16 and back)."""
+    """One operand of a primitive: its plain descriptor (Paddle's tensor: layout `tag`, by
+    default row-major as NCDHW, and `dtype`) and, when the primitive wants another layout or
+    data type, the reorders between the two (a reorder converts float32 to bfloat16 and
+    back)."""
 
     def __init__(self, library: _Library, shape: Sequence[int], md: _c, tag: int = None,
                  dtype: int = dnnl_f32):
@@ -342,7 +345,7 @@ class _PlanKey(NamedTuple):
     stride: tuple
     padding: tuple
     groups: int
-    dtype: str  # of the inputs: 'float32' or 'bfloat16' (results are float32)
+    dtype: str  # of the products: 'float32' or 'bfloat16' (accumulated in float32)
     channels_last: bool = False  # x and y in memory as NDHWC (shapes as ever NCDHW)
     activations: str = 'float32'  # x, y and their gradients in memory ('bfloat16': channels-last)
 
@@ -465,14 +468,14 @@ class _Plan:
                      weights_x, w32, None, y, *geometry, weights_hint, library.attr)
         shapes = {'src': self.x_shape, 'diff_src': self.x_shape, 'weights': self.w_shape,
                   'diff_weights': self.w_shape, 'dst': self.y_shape, 'diff_dst': self.y_shape}
+        # how Paddle holds each operand: (tag, None for row-major; data type)
+        activation = (dnnl_acdeb if self.channels_last else None, _DNNL_TYPES[key.activations])
+        held = {a: (None, dnnl_f32) if 'weights' in a else activation for a in shapes}
         for name, pd, args in (('forward', forward_pd, ('src', 'weights', 'dst')),
                                ('data', data_pd, ('diff_dst', 'weights', 'diff_src')),
                                ('weights', weights_pd, ('src', 'diff_dst', 'diff_weights'))):
             operands = {a: _Operand(library, weights_x_shape if (name, a) == ('weights', 'src')
-                                    else shapes[a], library.query(pd, a),
-                                    *((None, dnnl_f32) if 'weights' in a else
-                                      (dnnl_acdeb if self.channels_last else None,
-                                       _DNNL_TYPES[key.activations])))
+                                    else shapes[a], library.query(pd, a), *held[a])
                          for a in args}
             scratchpad = library.query(pd, 'scratchpad')
             self.passes[name] = _Pass(library.primitive(pd), operands, scratchpad,
@@ -483,7 +486,7 @@ class _Plan:
 
     def in_memory(self, shape: Sequence[int]) -> list:
         """An activation's NCDHW `shape` in the order its memory holds the dimensions."""
-        return [shape[0], *shape[2:], shape[1]] if self.channels_last else list(shape)
+        return _ndhwc(shape) if self.channels_last else list(shape)
 
     def __del__(self):
         """Free the primitives and descriptors: plans dropped from the cache (and by the
@@ -594,7 +597,7 @@ def load_error() -> Optional[str]:
 
 def enabled() -> bool:
     """Whether `Conv3D` layers use oneDNN (default: yes, where it loads); see `use_onednn`."""
-    return getattr(_state, 'enabled', True) and library() is not None
+    return use_onednn.current() and library() is not None
 
 
 class _Setting:
@@ -604,8 +607,13 @@ class _Setting:
     def __init__(self, value):
         self.value = value
 
+    @classmethod
+    def current(cls):
+        """The value in effect in this thread."""
+        return getattr(_state, cls.name, cls.default)
+
     def __enter__(self):
-        self.previous = getattr(_state, self.name, self.default)
+        self.previous = self.current()
         setattr(_state, self.name, self.value)
 
     def __exit__(self, *exc_info):
@@ -627,16 +635,16 @@ class use_channels_last(_Setting):
 
 def channels_last_enabled() -> bool:
     """Whether a model may run channels-last on oneDNN (default: yes, where it loads)."""
-    return getattr(_state, 'use_channels_last', True) and enabled()
+    return use_channels_last.current() and enabled()
 
 
 class channels_last(_Setting):
     """`with channels_last():` the `Conv3D`, `BatchNorm3D` and `MaxPool3D` layers called in this
     thread take and give channels-last (NDHWC) tensors, whatever their data_format says, each on
-    oneDNN: its convolutions then need no reorders of float32 data, and its batch normalization
-    (with the ReLU after it fused) runs in oneDNN's channels-last kernels, 2-3x Paddle's. Where
-    a layer cannot run there (not on the CPU, not float32, not in dygraph), it raises
-    OneDNNError: the model that enters this checks that first (`resnet.ResNet`)."""
+    oneDNN: its convolutions then need no reorders, and its batch normalization (with the ReLU
+    after it fused) runs in oneDNN's channels-last kernels, 2-3x Paddle's. Tensors may be
+    float32 or bfloat16. Where a layer cannot run there (not on the CPU, not in dygraph), it
+    raises OneDNNError: the model that enters this checks that first (`resnet.ResNet`)."""
     name, default = 'channels_last', False
 
     def __init__(self):
@@ -644,7 +652,7 @@ class channels_last(_Setting):
 
 
 def channels_last_active() -> bool:
-    return getattr(_state, 'channels_last', False)
+    return channels_last.current()
 
 
 @paddle.jit.not_to_static
@@ -711,7 +719,7 @@ class compute_dtype(_Setting):
 
 def active_compute_dtype() -> str:
     """The dtype of `compute_dtype` in effect in this thread ('float32' outside one)."""
-    return getattr(_state, 'dtype', 'float32')
+    return compute_dtype.current()
 
 
 def _cached(cache: collections.OrderedDict, key, make):
@@ -748,8 +756,7 @@ class _BatchChunks:
         n = x_shape[0]
         self.y_shape = _output_shape(x_shape, w_shape, stride, padding)
         if channels_last:  # the shape of the tensor y
-            self.y_shape = [n, *self.y_shape[2:], self.y_shape[1]]
-        self.activations = activations
+            self.y_shape = _ndhwc(self.y_shape)
         word = _BYTES[activations]
         self.x_clip = word * math.prod(x_shape[1:])
         self.y_clip = word * math.prod(self.y_shape[1:])
@@ -861,6 +868,11 @@ def _ncdhw(shape: Sequence[int]) -> list:
     return [shape[0], shape[-1], *shape[1:-1]]
 
 
+def _ndhwc(shape: Sequence[int]) -> list:
+    """The shape of the channels-last (NDHWC) tensor of NCDHW `shape`."""
+    return [shape[0], *shape[2:], shape[1]]
+
+
 class Conv3D(paddle.nn.Conv3D):
     """`paddle.nn.Conv3D` (same parameters, names and state dict) whose dygraph forward runs on
     oneDNN when it can: input and weights on the CPU, float32, NCDHW (NDHWC inside
@@ -934,7 +946,7 @@ class _PoolPlan(_TensorPlan):
         tag = dnnl_acdeb if key.channels_last else dnnl_abcde
         self.x_md, self.y_md = self.descs = [library.desc(shape, tag, _DNNL_TYPES[key.activations])
                                              for shape in (x_shape, y_shape)]
-        self.y_shape = [y_shape[0], *y_shape[2:], y_shape[1]] if key.channels_last else y_shape
+        self.y_shape = _ndhwc(y_shape) if key.channels_last else y_shape
         geometry = _PoolGeometry(_Dims(*stride), _Dims(*kernel), _Dims(0, 0, 0),
                                  _Dims(*padding), _Dims(*padding))
         forward_pd = _c()
@@ -1084,7 +1096,7 @@ class _NormKey(NamedTuple):
 
 
 class _NormPlan(_TensorPlan):
-    """oneDNN's batch normalization of one shape on channels-last float32 tensors, with scale
+    """oneDNN's batch normalization of one shape on channels-last tensors, with scale
     and shift: forward in training (the batch's mean and biased variance out, as Paddle's
     kernel) and backward, or forward in inference (the running statistics in). With
     `key.relu`, the ReLU after it runs in the same pass (its workspace: which outputs it
@@ -1208,7 +1220,7 @@ class BatchNorm3D(paddle.nn.BatchNorm3D):
 # --- Residual additions (channels-last) --------------------------------------------------------
 
 class _AddReLUPlan(_TensorPlan):
-    """`relu(a + b)` of two float32 tensors of one shape on oneDNN, in one pass (a binary add
+    """`relu(a + b)` of two tensors of one shape and dtype on oneDNN, in one pass (a binary add
     with the ReLU as its post-op), and its backward (the ReLU's, from its output: the gradient
     of both a and b; 4 ms on [8, 256, 8, 28, 28] where Paddle's relu_grad takes 9 ms). R3D-50's
     training step 3% shorter in bfloat16, 1% in float32, than with Paddle's add and ReLU."""
