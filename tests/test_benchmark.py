@@ -65,3 +65,11 @@ def test_profile_of_our_training_step_times_each_kind_of_primitive(capfd):
 def test_profile_of_pytorchs_training_step_times_each_kind_of_primitive(capfd):
     pytest.importorskip('torch')
     assert_profile_of_a_step(benchmark.torch_profile(TINY), capfd)
+
+
+def test_profile_without_onednn_says_why(monkeypatch):
+    monkeypatch.setattr(onednn, '_library', None)
+    monkeypatch.setattr(onednn, '_load_error', 'OSError: libdnnl.so.3: cannot open')
+    with pytest.raises(RuntimeError, match='no oneDNN to profile: OSError: libdnnl.so.3'):
+        with benchmark.paddle_onednn_verbose():
+            pass

@@ -226,6 +226,8 @@ def paddle_onednn_verbose():
     library."""
     from models import onednn
     library = onednn.library()
+    if library is None:  # the profile's row says why
+        raise RuntimeError(f'no oneDNN to profile: {onednn.load_error() or "not loaded"}')
     library.call('dnnl_set_verbose', 1)
     try:
         yield
