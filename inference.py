@@ -1,9 +1,10 @@
 """Clip-level inference, averaged per video, written as the reference's result json.
 
-On CPU the clips run through a Paddle Inference predictor with oneDNN (the model exported with
-`paddle.jit.save`, BN folded into the convolutions): per clip 1.05-1.17x our dygraph model (whose
-convolutions run on oneDNN too), for about 2 s of export and set-up; outputs within 1e-5
-relative. Elsewhere, or when the export fails, they run in dygraph.
+On CPU, a model whose dygraph forward runs channels-last on oneDNN (`resnet.ResNet`'s trunk,
+and so the wide and ResNeXt variants) runs as it is. Other models run through a Paddle Inference
+predictor with oneDNN (the model exported with `paddle.jit.save`, BN folded into the
+convolutions): faster per clip than their dygraph forward, for 1.5-3 s of export and set-up;
+outputs within 1e-5 relative. Elsewhere, or when the export fails, they run in dygraph.
 """
 import contextlib
 import copy
@@ -193,19 +194,30 @@ def dygraph_logits(model: paddle.nn.Layer, on_device: bool = False) -> Callable:
     return logits
 
 
+def needs_predictor(model: paddle.nn.Layer, sample_clips: np.ndarray) -> bool:
+    """Whether the oneDNN predictor is worth its export (1.5-3 s) for clips like `sample_clips`
+    on the CPU: not for a model whose dygraph forward runs channels-last on oneDNN
+    (`resnet.ResNet`'s trunk), which is as fast per clip (R3D-18 and R3D-50 within 3%)."""
+    runs_channels_last = getattr(model, '_runs_channels_last', None)
+    return runs_channels_last is None or not runs_channels_last(
+        paddle.to_tensor(sample_clips[:1], dtype='float32'))
+
+
 def make_logits_fn(model: paddle.nn.Layer, sample_clips: np.ndarray, backend: str = 'auto',
                    on_device: bool = False) -> Callable:
     """The fastest way at hand to compute the model's logits of clips [N, C, T, H, W] like
     `sample_clips` (their C; T, H and W may vary).
 
-    'auto' is the oneDNN predictor on CPU and dygraph on GPU; it falls back to dygraph (with a
-    warning) when the export fails. 'onednn' raises instead, 'dygraph' never exports.
+    'auto' is dygraph on GPU and, on CPU, the oneDNN predictor unless the model runs as fast in
+    dygraph (`needs_predictor`); it falls back to dygraph (with a warning) when the export
+    fails. 'onednn' raises instead, 'dygraph' never exports.
     `on_device`: dygraph's logits stay a tensor on the device (the predictor's are an array).
     """
     if backend not in BACKENDS:
         raise ValueError(f'inference backend must be one of {BACKENDS}, got {backend!r}')
     on_cpu = paddle.device.get_device() == 'cpu'
-    if backend == 'dygraph' or (backend == 'auto' and not on_cpu):
+    if backend == 'dygraph' or (backend == 'auto' and not (on_cpu and needs_predictor(
+            model, sample_clips))):
         return dygraph_logits(model, on_device)
     if backend == 'onednn':
         return OneDNNPredictor(model, sample_clips.shape[1], sample_clips=sample_clips)

@@ -140,9 +140,10 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument('--inference_no_average', action='store_true',
                    help='Write per-clip results instead of the video average')
     g.add_argument('--inference_backend', default='auto', choices=['auto', 'onednn', 'dygraph'],
-                   help='auto: a Paddle Inference predictor with oneDNN on CPU (1.05-1.17x '
-                        'dygraph per clip, about 2 s to build), dygraph on GPU; onednn: the '
-                        'predictor or an error; dygraph: the plain model')
+                   help='auto: on CPU a Paddle Inference predictor with oneDNN (1.5-3 s to '
+                        'build), except for models that run channels-last on oneDNN in dygraph '
+                        '(ResNets: as fast per clip), dygraph on GPU; onednn: the predictor or '
+                        'an error; dygraph: the plain model')
     g.add_argument('--no_cuda', action='store_true', help='Run on the CPU even if a GPU exists')
     g.add_argument('--n_threads', default=4, type=non_negative_int,
                    help='Data-loader worker processes (0: load in the main process)')

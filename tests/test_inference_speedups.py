@@ -56,11 +56,20 @@ def test_batch_norm_folding_keeps_logits(model):
     assert relative(predictor(clips), expected) < 1e-4
 
 
-def test_auto_backend_is_predictor_on_cpu(model):
+def test_auto_backend_on_cpu(model):
+    """A ResNet whose trunk runs channels-last on oneDNN keeps dygraph (as fast per clip, no
+    export); without that trunk the predictor is worth its export."""
+    from models import onednn, pre_act_resnet
     paddle.set_device('cpu')
     clips = np.zeros([1, 3, 4, 32, 32], dtype='float32')
-    assert isinstance(inference.make_logits_fn(model, clips), inference.OneDNNPredictor)
-    assert not isinstance(inference.make_logits_fn(model, clips, 'dygraph'),
+    assert model._runs_channels_last(paddle.to_tensor(clips))
+    assert not isinstance(inference.make_logits_fn(model, clips), inference.OneDNNPredictor)
+    with onednn.use_channels_last(False):
+        assert isinstance(inference.make_logits_fn(model, clips), inference.OneDNNPredictor)
+    other = pre_act_resnet.generate_model(10, n_classes=N_CLASSES)
+    assert isinstance(inference.make_logits_fn(other, clips), inference.OneDNNPredictor)
+    assert isinstance(inference.make_logits_fn(model, clips, 'onednn'), inference.OneDNNPredictor)
+    assert not isinstance(inference.make_logits_fn(other, clips, 'dygraph'),
                           inference.OneDNNPredictor)
     with pytest.raises(ValueError, match='backend'):
         inference.make_logits_fn(model, clips, 'tensorrt')
