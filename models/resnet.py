@@ -17,7 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .onednn import (BatchNorm3D, Conv3D, MaxPool3D, active_compute_dtype, add_relu,
-                     channels_last, channels_last_active, channels_last_enabled)
+                     channels_last, channels_last_active, channels_last_enabled, fork)
 
 
 def get_inplanes():
@@ -94,7 +94,8 @@ class BasicBlock(nn.Layer):
         self.stride = stride
 
     def forward(self, x):
-        residual = x if self.downsample is None else self.downsample(x)
+        x, shortcut = fork(x)
+        residual = shortcut if self.downsample is None else self.downsample(shortcut)
         out = norm_relu(self.bn1, self.relu, self.conv1(x))
         out = self.bn2(self.conv2(out))
         return add_relu(out, residual, self.relu)
@@ -123,7 +124,8 @@ class Bottleneck(nn.Layer):
         self.stride = stride
 
     def forward(self, x):
-        residual = x if self.downsample is None else self.downsample(x)
+        x, shortcut = fork(x)
+        residual = shortcut if self.downsample is None else self.downsample(shortcut)
         out = norm_relu(self.bn1, self.relu, self.conv1(x))
         out = norm_relu(self.bn2, self.relu, self.conv2(out))
         out = self.bn3(self.conv3(out))

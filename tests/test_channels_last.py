@@ -304,3 +304,32 @@ def test_under_bfloat16_the_trunk_keeps_bfloat16_activations_except_with_shortcu
         with onednn.compute_dtype('bfloat16'):
             logits = model(clips)
         assert set(seen) == {dtype} and logits.dtype == paddle.float32
+
+
+@needs_bfloat16
+def test_fork_sums_the_gradients_of_a_bfloat16_block_input_as_paddles_autograd(monkeypatch):
+    """A block's input feeds its branch and its shortcut: `fork` sums the two gradients on
+    oneDNN instead of Paddle's autograd, with the same result (one bfloat16 rounding each)."""
+    x = leaf(bfloat16(np.random.default_rng(6).standard_normal([2, 2, 4, 4, 8])))
+    x = x.astype('bfloat16')  # a non-leaf, as a block's input
+    w1, w2 = (paddle.to_tensor(bfloat16(np.random.default_rng(s).standard_normal(x.shape)))
+              .astype('bfloat16') for s in (7, 8))
+
+    def grad_of_x(split):
+        with onednn.channels_last():
+            a, b = split(x)
+            y = onednn.add_relu(onednn.add_relu(a, w1, None), onednn.add_relu(b, w2, None), None)
+        return paddle.grad(y.astype('float32').sum(), x)[0].astype('float32').numpy()
+    forked = grad_of_x(onednn.fork)
+    assert np.array_equal(forked, grad_of_x(lambda t: (t, t)))
+    assert forked.any() and np.all(np.isin(forked, [0, 1, 2]))  # ReLU masks of two ones each
+
+    # in a model's bfloat16 training step: the parameters' gradients are the same either way
+    clips = np.random.default_rng(9).standard_normal([2, 3, 4, 32, 32]).astype('float32')
+    model = resnet.generate_model(10, n_classes=5)
+    with onednn.compute_dtype('bfloat16'):
+        _, forked, _ = step(model, clips)
+        monkeypatch.setattr(resnet, 'fork', lambda t: (t, t))
+        _, summed_by_paddle, _ = step(model, clips)
+    for a, b in zip(forked, summed_by_paddle):
+        assert np.array_equal(a, b)
