@@ -387,11 +387,11 @@ class _Pass(NamedTuple):
 
 
 def _weights_pass_padding(key: _PlanKey) -> tuple:
-    """The zeros a bfloat16 plan adds around x, per spatial dimension, before its
-    backward-weights pass (which then pads by the rest of `key.padding`): enough that no kernel
-    is deeper, taller or wider than the input it reads (see `_Plan`). A valid convolution's
-    padding always suffices: its output is at least 1 long, so size + 2 x padding >= kernel."""
-    return tuple(p if key.dtype == 'bfloat16' and size < kernel else 0
+    """The zeros a plan adds around x, per spatial dimension, before its backward-weights pass
+    (which then pads by the rest of `key.padding`): enough that no kernel is deeper, taller or
+    wider than the input it reads (see `_Plan`). A valid convolution's padding always suffices:
+    its output is at least 1 long, so size + 2 x padding >= kernel."""
+    return tuple(p if size < kernel else 0
                  for size, kernel, p in zip(key.x_shape[2:], key.w_shape[2:], key.padding))
 
 
@@ -403,13 +403,14 @@ class _Plan:
     channels-last trunk). The primitives read src, weights and diff_dst in `key.dtype` (the
     reorders convert them) and write dst and diff_src in `key.activations`.
 
-    oneDNN 3.6's bfloat16 backward-weights kernel (jit avx512_core_bf16) returns garbage when the
-    kernel is deeper (taller, wider) than the input it slides over, as R3D's layer3 and layer4
-    at 16 frames (depth 2 and 1, kernel 3). Such a plan pads x with zeros in those dimensions
-    itself (a copy in `self.padded`, made on the first backward pass and kept with the plan, at
-    most a few times the plan's x: the same weight gradient) and runs that pass with the rest
-    of the padding (`_weights_pass_padding`), in bfloat16 (in float32 it took 4-8x the time of
-    the forward pass).
+    When the kernel is deeper (taller, wider) than the input it slides over, as in R3D's layer3
+    and layer4 at 16 frames (depth 2 and 1, kernel 3), oneDNN 3.6's bfloat16 backward-weights
+    kernel (jit avx512_core_bf16) returns garbage, and in float32 oneDNN declines its jit
+    kernel and takes im2col + GEMM, which writes the weight gradient in a layout that needs a
+    slow reorder (R3D-18's layer4: 22 + 7 ms a convolution, against 13.5 + 3 ms). Such a plan
+    pads x with zeros in those dimensions itself (a copy in `self.padded`, made on the first
+    backward pass and kept with the plan, at most a few times the plan's x: the same weight
+    gradient) and runs that pass with the rest of the padding (`_weights_pass_padding`).
     """
 
     def __init__(self, library: _Library, key: _PlanKey):

@@ -27,6 +27,10 @@ def conv_with_grads(conv, x, w, grad_y):
     ([2, 16, 4, 8, 8], [32, 16, 1, 1, 1], [2, 2, 2], [0, 0, 0], 1),  # a downsample
     ([2, 64, 4, 8, 8], [64, 2, 3, 3, 3], [1, 1, 1], [1, 1, 1], 32),  # ResNeXt's grouped conv
     ([3, 8, 5, 7, 9], [8, 8, 1, 3, 3], [1, 2, 2], [0, 1, 1], 1),  # (2+1)D, odd sizes
+    # kernels deeper than the input (R3D's layer4 and layer3 at 16 frames): the weights pass
+    # pads x itself
+    ([2, 32, 1, 4, 4], [32, 32, 3, 3, 3], [1, 1, 1], [1, 1, 1], 1),
+    ([2, 16, 2, 7, 7], [32, 16, 3, 3, 3], [2, 2, 2], [1, 1, 1], 1),
 ])
 def test_convolution_and_its_gradients_equal_paddles(x_shape, w_shape, stride, padding, groups):
     rng = np.random.default_rng(0)
