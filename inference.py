@@ -197,7 +197,7 @@ def dygraph_logits(model: paddle.nn.Layer, on_device: bool = False) -> Callable:
 def needs_predictor(model: paddle.nn.Layer, sample_clips: np.ndarray) -> bool:
     """Whether the oneDNN predictor is worth its export (1.5-3 s) for clips like `sample_clips`
     on the CPU: not for a model whose dygraph forward runs channels-last on oneDNN
-    (`resnet.ResNet`'s trunk), which is as fast per clip (R3D-18 and R3D-50 within 3%)."""
+    (`resnet.ResNet`'s trunk), as fast per clip (R3D-18 4% faster, R3D-50 1-5% slower)."""
     runs_channels_last = getattr(model, '_runs_channels_last', None)
     return runs_channels_last is None or not runs_channels_last(
         paddle.to_tensor(sample_clips[:1], dtype='float32'))
