@@ -324,12 +324,14 @@ def test_fork_sums_the_gradients_of_a_bfloat16_block_input_as_paddles_autograd(m
     assert np.array_equal(forked, grad_of_x(lambda t: (t, t)))
     assert forked.any() and np.all(np.isin(forked, [0, 1, 2]))  # ReLU masks of two ones each
 
-    # in a model's bfloat16 training step: the parameters' gradients are the same either way
+    # in a model's bfloat16 training step: the parameters' gradients agree within bfloat16's
+    # tolerance (equal on Paddle 3.3; Paddle 2.6's autograd sums bfloat16 otherwise: 1.2e-2)
     clips = np.random.default_rng(9).standard_normal([2, 3, 4, 32, 32]).astype('float32')
     model = resnet.generate_model(10, n_classes=5)
     with onednn.compute_dtype('bfloat16'):
         _, forked, _ = step(model, clips)
         monkeypatch.setattr(resnet, 'fork', lambda t: (t, t))
         _, summed_by_paddle, _ = step(model, clips)
+    assert len(forked) == len(summed_by_paddle)
     for a, b in zip(forked, summed_by_paddle):
-        assert np.array_equal(a, b)
+        assert relative(a, b) < 2e-2
