@@ -309,7 +309,7 @@ def test_under_bfloat16_the_trunk_keeps_bfloat16_activations_except_with_shortcu
 @needs_bfloat16
 def test_fork_sums_the_gradients_of_a_bfloat16_block_input_as_paddles_autograd(monkeypatch):
     """A block's input feeds its branch and its shortcut: `fork` sums the two gradients on
-    oneDNN instead of Paddle's autograd, with the same result (one bfloat16 rounding each)."""
+    oneDNN instead of Paddle's autograd, to the same result."""
     x = leaf(bfloat16(np.random.default_rng(6).standard_normal([2, 2, 4, 4, 8])))
     x = x.astype('bfloat16')  # a non-leaf, as a block's input
     w1, w2 = (paddle.to_tensor(bfloat16(np.random.default_rng(s).standard_normal(x.shape)))
