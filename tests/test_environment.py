@@ -42,6 +42,19 @@ def test_setup_sets_the_threads_before_paddle_and_quiets_non_master_bars():
     assert out == [str(max(1, len(os.sched_getaffinity(0)) // 2)), '1', 'True']
 
 
+def test_openmp_threads_sleep_after_1_ms_unless_told_otherwise():
+    # read from the OpenMP runtime Paddle loads (libiomp5 in its wheel)
+    code = ('import ctypes, os, environment; environment.setup(); import paddle; '
+            'print(ctypes.CDLL(os.path.join(os.path.dirname(paddle.__file__), "libs", '
+            '"libiomp5.so")).kmp_get_blocktime())')
+    env = {k: v for k, v in os.environ.items() if k != 'KMP_BLOCKTIME'}
+    for setting, expected in ((None, '1'), ('50', '50')):
+        run_env = env if setting is None else dict(env, KMP_BLOCKTIME=setting)
+        out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                             text=True, check=True, env=run_env).stdout
+        assert out.split()[-1] == expected
+
+
 def test_setup_keeps_freed_memory_for_the_next_step():
     """Freed activations are reused, not unmapped and page-faulted anew: after setup(), a 64 MB
     block allocated, written and freed costs no page faults the second time (by default glibc
