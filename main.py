@@ -196,7 +196,9 @@ def main_worker(opt, stop: StopSignals):
     # gradients over the processes in backward
     train_model = paddle.DataParallel(model) if opt.distributed and not opt.no_train else model
 
-    for epoch in range(opt.begin_epoch, opt.n_epochs + 1):
+    # Without training the weights never change: one validation, not one per epoch left.
+    last_epoch = opt.begin_epoch if opt.no_train else opt.n_epochs
+    for epoch in range(opt.begin_epoch, last_epoch + 1):
         if opt.no_train and opt.no_val:
             break
         summary = [f'epoch {epoch}/{opt.n_epochs}']

@@ -71,6 +71,18 @@ def test_result_files(trained, motion_data):
         assert sum(r['score'] for r in video) == pytest.approx(1, abs=1e-5)
 
 
+def test_validating_a_checkpoint_without_training_validates_once(trained, motion_data,
+                                                                  tmp_path):
+    """README's inference-only command (--no_train --inference --resume_path, validation on):
+    the checkpoint of epoch 3 is validated once, not once per epoch up to --n_epochs."""
+    run(motion_data, tmp_path, '--no_train', '--n_epochs', '200', '--n_threads', '0',
+        '--resume_path', str(trained / 'save_3.pdparams'))
+    [row] = read_log(tmp_path / 'val.log')
+    [trained_row] = [r for r in read_log(trained / 'val.log') if r['epoch'] == '3']
+    assert row['epoch'] == '4'  # the epoch after the checkpoint's, as resumed training counts
+    assert float(row['loss']) == pytest.approx(float(trained_row['loss']), rel=1e-4)
+
+
 def test_resuming_a_checkpoint_of_another_width_is_one_line(trained, motion_data, tmp_path):
     # the same arch name (resnet-10), other shapes: Paddle's set_state_dict would skip them all
     # with warnings and go on with fresh weights
@@ -173,14 +185,17 @@ def test_bad_input_ends_with_one_clear_line(tmp_path, args, message):
     assert 'Traceback' not in result.stderr
 
 
-def test_corrupt_frame_in_a_loader_worker_ends_with_one_line(motion_data, tmp_path):
+@pytest.mark.parametrize('n_threads', ['2', '0'])
+def test_corrupt_frame_in_a_loader_worker_ends_with_one_line(motion_data, tmp_path, n_threads):
+    """In a worker process, and in the main process (`--n_threads 0`), where Paddle's loader
+    thread used to leave the process waiting for ever, deaf to SIGINT and SIGTERM."""
     video_path, annotation_path = motion_data
     broken = tmp_path / 'jpg'
     shutil.copytree(video_path, broken)
     for frame in broken.glob('*/*/image_*.jpg'):  # every frame, whichever clip is drawn first
         frame.write_bytes(b'not a jpeg')
     result = cli('--video_path', str(broken), '--annotation_path', str(annotation_path),
-                 '--result_path', str(tmp_path / 'out'), *TINY, '--n_threads', '2',
+                 '--result_path', str(tmp_path / 'out'), *TINY, '--n_threads', n_threads,
                  '--n_epochs', '1', '--strict_data')
     assert result.returncode == 1
     assert 'Traceback' not in result.stderr
