@@ -113,6 +113,24 @@ def test_ucf101_json_user_errors(ucf, tmp_path):
         ucf101_json.main([str(annotations), str(jpg), str(tmp_path / 'json')])
 
 
+def test_ucf101_json_writes_the_splits_whose_lists_are_there(ucf, tmp_path, capsys):
+    annotations, jpg = ucf
+    for split in (2, 3):
+        (annotations / f'trainlist0{split}.txt').unlink()
+        (annotations / f'testlist0{split}.txt').unlink()
+    ucf101_json.main([str(annotations), str(jpg), str(tmp_path / 'json')])
+    assert sorted(p.name for p in (tmp_path / 'json').iterdir()) == ['ucf101_01.json']
+    assert load(tmp_path / 'json' / 'ucf101_01.json')['database']['v_Zumba_g01_c01'][
+        'subset'] == 'validation'
+    assert 'splits 1 written' in capsys.readouterr().out
+    (annotations / 'testlist01.txt').unlink()  # half a split is a mistake, named
+    with pytest.raises(UserError, match=r'testlist01.txt not found \(split 1 needs both'):
+        ucf101_json.main([str(annotations), str(jpg), str(tmp_path / 'json2')])
+    (annotations / 'trainlist01.txt').unlink()
+    with pytest.raises(UserError, match='no split lists'):
+        ucf101_json.main([str(annotations), str(jpg), str(tmp_path / 'json2')])
+
+
 def make_video(path: Path, n_frames: int, rate: int = 25, codec=('-c:v', 'mpeg4')) -> None:
     """A tiny test-pattern video of `n_frames` frames."""
     path.parent.mkdir(parents=True, exist_ok=True)

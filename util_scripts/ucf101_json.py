@@ -7,7 +7,8 @@ ANNOT_DIR holds `classInd.txt` ("1 ApplyEyeMakeup" lines), `trainlist0{1,2,3}.tx
 ("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi" lines). VIDEO_DIR is the output of
 generate_video_jpgs (frames are counted there), or the videos themselves,
 `<class>/<video>.avi` (each decoded once to count its frames, on N processes: the count
-generate_video_jpgs would write, for `--file_type video`). Writes `DST_DIR/ucf101_0{1,2,3}.json`.
+generate_video_jpgs would write, for `--file_type video`). Writes `DST_DIR/ucf101_0{1,2,3}.json`,
+one per split whose two lists are in ANNOT_DIR.
 """
 import argparse
 from pathlib import Path
@@ -75,13 +76,34 @@ def main(argv=None) -> None:
 
     require_dir(args.dir_path, 'annotation directory')
     require_dir(args.video_path, 'video directory')
+    splits = present_splits(args.dir_path)
     check_dst_dir(args.dst_path, 'ucf101_0{1,2,3}.json')
-    for split in range(1, N_SPLITS + 1):
+    for split in splits:
         convert_ucf101_csv_to_json(args.dir_path / 'classInd.txt',
                                    args.dir_path / f'trainlist0{split}.txt',
                                    args.dir_path / f'testlist0{split}.txt',
                                    args.video_path, args.dst_path / f'ucf101_0{split}.json',
                                    args.n_jobs)
+    if len(splits) < N_SPLITS:
+        print(f'splits {", ".join(map(str, splits))} written (the lists of the others are not '
+              f'in {args.dir_path})')
+
+
+def present_splits(dir_path: Path) -> List[int]:
+    """The splits whose trainlist0N.txt and testlist0N.txt are both in `dir_path`; an error
+    when none is, or when one of a split's two lists is missing."""
+    splits = []
+    for split in range(1, N_SPLITS + 1):
+        lists = [dir_path / f'{kind}list0{split}.txt' for kind in ('train', 'test')]
+        there = [path.is_file() for path in lists]
+        if all(there):
+            splits.append(split)
+        elif any(there):
+            raise UserError(f'{lists[there.index(False)]} not found (split {split} needs both '
+                            f'{lists[0].name} and {lists[1].name})')
+    if not splits:
+        raise UserError(f'no split lists (trainlist0N.txt and testlist0N.txt) in {dir_path}')
+    return splits
 
 
 if __name__ == '__main__':
