@@ -14,16 +14,13 @@ from typing import Optional
 from utils import UserError
 from .activitynet import ActivityNet, ActivityNetMultiClips
 from .layout import FileLayout, FrameFolderLayout, VideoFileLayout
-from .video_reader import VIDEO_EXTENSIONS
+from .video_reader import video_extensions
 from .loader import (VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5, VideoLoaderPyAV,
                      image_name_formatter)
 from .videodataset import VideoDataset
 from .videodataset_multiclips import VideoDatasetMultiClips, collate_fn
 
 DATASETS = ('kinetics', 'activitynet', 'ucf101', 'hmdb51', 'mit')
-# The extension of the videos of each dataset, as generate_video_jpgs reads them.
-DATASET_VIDEO_EXTENSIONS = {'ucf101': '.avi', 'hmdb51': '.avi', 'kinetics': '.mp4',
-                            'mit': '.mp4', 'activitynet': '.mp4'}
 INFERENCE_SUBSETS = {'train': 'training', 'val': 'validation', 'test': 'testing'}
 FILE_TYPES = ('jpg', 'hdf5', 'video')
 # Shorter side of the frames decoded from video files: generate_video_jpgs' default --size, so
@@ -48,9 +45,7 @@ def get_loader_and_formatter(input_type: str, file_type: str,
     if file_type == 'jpg':
         return VideoLoader(image_name_formatter), FrameFolderLayout()
     if file_type == 'video':
-        first = DATASET_VIDEO_EXTENSIONS.get(dataset_name)
-        extensions = ((first,) if first else ()) + tuple(e for e in VIDEO_EXTENSIONS if e != first)
-        return VideoLoaderPyAV(VIDEO_FRAME_SIZE), VideoFileLayout(extensions)
+        return VideoLoaderPyAV(VIDEO_FRAME_SIZE), VideoFileLayout(video_extensions(dataset_name))
     loader = VideoLoaderHDF5() if input_type == 'rgb' else VideoLoaderFlowHDF5()
     return loader, FileLayout('.hdf5', 'hdf5 file')
 

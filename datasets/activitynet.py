@@ -36,11 +36,11 @@ Samples (one compact record each, `annotation.VideoRecords`):
   inference.py writes one averaged result per video.
 
 Frame counts: a frame folder's files whose names contain "image" (the reference's count); an
-hdf5 file's frames; a video file's frame count from its header (mp4 keeps it in the index;
-else duration x frame rate, and when the header says neither the file is indexed). A header
-may count a frame or two more than decode: such frames get the missing-frame treatment of
-VideoDataset (the nearest readable frame, with a warning). Counts are kept per process for
-files that have not changed, so inference after validation does not count again.
+hdf5 file's frames; a video file's frames by datasets.video_reader's rule (one per packet of
+its index, demuxed without decoding; a damaged file may decode fewer: such frames get the
+missing-frame treatment of VideoDataset, the nearest readable frame, with a warning). Counts
+are kept per process for files that have not changed, so inference after validation does not
+count again.
 
 The fps must be the rate of the frames on disk: frames extracted with
 `generate_video_jpgs --fps` at another rate than the video's misplace every segment.
@@ -163,29 +163,15 @@ def _count_hdf5(path: Path) -> Union[int, str]:
 
 
 def _count_video(path: Path) -> Union[int, str]:
-    from .video_reader import VideoReadError, VideoReader, open_video
+    """The frames of a video file by its index (its packets, demuxed without decoding: one
+    frame each, as datasets.video_reader numbers them)."""
+    from .video_reader import VideoReadError, VideoReader
     try:
-        container, stream = open_video(path)
-    except VideoReadError as e:
-        return str(e)
-    try:
-        n = stream.frames
-        if not n:
-            rate = stream.average_rate or stream.guessed_rate
-            seconds = (float(stream.duration * stream.time_base)
-                       if stream.duration and stream.time_base else
-                       container.duration / 1_000_000 if container.duration else None)
-            n = int(round(seconds * float(rate))) if seconds and rate else 0
-    finally:
-        container.close()
-    if n:
-        return n
-    try:  # the header says nothing: index the packets
         reader = VideoReader(path)
     except VideoReadError as e:
         return str(e)
     reader.close()
-    return reader.n_frames
+    return reader.n_frames or 'has no video frames'
 
 
 def count_all_frames(paths: List[Path], what: str) -> List[Union[int, str]]:

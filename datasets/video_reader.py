@@ -1,22 +1,30 @@
 """Frames of a video file, decoded with PyAV: the frames `generate_video_jpgs` would write.
 
-Frame k (1-based) of a video is its k-th frame in presentation order, the frame that
-`python -m util_scripts.generate_video_jpgs` writes as `image_0000k.jpg` (it writes one image
-per decoded frame). With a `size`, frames go through the filter that script gives ffmpeg
-(shorter side scaled to `size`, the other side rounded to an even length, ffmpeg's bicubic
-scaler), preceded by the rotation ffmpeg applies for a display matrix; the result is converted
-to RGB by libavfilter, so frames equal ffmpeg's own RGB output of that filter, and equal the
-JPEGs to within their compression.
+Frame k (1-based) of a video is the k-th frame its decoder outputs, the frame that
+`python -m util_scripts.generate_video_jpgs` writes as `image_0000k.jpg` (ffmpeg, one image per
+decoded frame). This is the project's one rule for a video file's frames: `count_frames`
+counts them, `VideoReader` reads them, and every script that needs a video's frames uses one of
+the two. With a `size`, frames go through the filter that script gives ffmpeg (shorter side
+scaled to `size`, the other side rounded to an even length, ffmpeg's bicubic scaler), preceded
+by the rotation ffmpeg applies for a display matrix; the result is converted to RGB by
+libavfilter, so frames equal ffmpeg's own RGB output of that filter, and equal the JPEGs to
+within their compression.
 
-A `VideoReader` indexes its file once, by demuxing it without decoding: the presentation
-timestamps of the packets number the frames, and the keyframes among them are the points to
-seek to. Reading frames seeks to the last keyframe at or before the first one wanted and decodes
-forward; a reader keeps its decoding position, so a following request further on (the next
-clip of a sliding window) continues without a seek. Videos whose packets have no or repeated
-timestamps are decoded from the start for every request instead (correct, only slower).
+A `VideoReader` indexes its file once, by demuxing it without decoding. Where the container
+stores presentation timestamps (mp4, mkv, webm, ...), the timestamps of the packets number the
+frames and the keyframes among them are the points to seek to: reading seeks to the last
+keyframe at or before the first frame wanted and decodes forward. An AVI stores no
+presentation times: its packets are in decoding order, and with B-frames (XVID as in UCF-101,
+H.264 in AVI) the times PyAV guesses for them are wrong, so such a video is numbered by
+counting the frames the decoder outputs from the start of the file, as ffmpeg does; so are
+videos whose packets have no or repeated timestamps, and any video whose frames come out of
+the decoder against the order of their timestamps (checked on every frame decoded). A reader
+keeps its decoding position, so a following request further on (the next clip of a sliding
+window) continues without a seek or a restart.
 """
 import bisect
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -27,9 +35,25 @@ from PIL import Image
 from utils import UserError
 
 # Extensions of video files, in the order they are looked for when a video's file is found by
-# its id (`--file_type video`).
+# its id (`--file_type video`): the one list of what a video file is, for every script.
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv',
                     '.wmv', '.3gp', '.ogv', '.gif')
+
+# Demuxers (PyAV's `container.format.name`) whose packets carry decoding times only: the
+# presentation times PyAV reports for them are guesses, wrong for reordered (B-) frames.
+DTS_ONLY_FORMATS = frozenset({'avi', 'h264', 'hevc', 'm4v', 'mpegvideo', 'cavsvideo', 'vc1'})
+
+
+# The extension of each dataset's own videos (UCF-101's AVIs, Kinetics' mp4s): looked for first
+# when a stem has several video files.
+DATASET_VIDEO_EXTENSIONS = {'ucf101': '.avi', 'hmdb51': '.avi', 'kinetics': '.mp4',
+                            'mit': '.mp4', 'activitynet': '.mp4'}
+
+
+def video_extensions(dataset_name: Optional[str] = None) -> Tuple[str, ...]:
+    """VIDEO_EXTENSIONS, the dataset's own extension first."""
+    first = DATASET_VIDEO_EXTENSIONS.get(dataset_name)
+    return ((first,) if first else ()) + tuple(e for e in VIDEO_EXTENSIONS if e != first)
 
 
 def import_av():
@@ -83,7 +107,8 @@ def open_video(path: Union[str, Path]):
 
 def decode_frames(container, stream) -> Iterator[object]:
     """The frames of `stream` from the container's position on, as ffmpeg decodes them: a
-    packet that does not decode is passed over, damage at the end of the file ends it."""
+    packet that does not decode is passed over, damage at the end of the file ends it, and
+    empty packets (an AVI's dropped frames, the demuxer's flush packet) give no frame."""
     av = import_av()
     codec = stream.codec_context
     packets = container.demux(stream)
@@ -94,6 +119,8 @@ def decode_frames(container, stream) -> Iterator[object]:
             break
         except (av.FFmpegError, OSError):
             break  # the file ends in damage: flush what was decoded
+        if packet.size == 0:
+            continue  # decoding it would flush the decoder: the end is flushed below
         try:
             yield from codec.decode(packet)
         except av.FFmpegError:
@@ -104,12 +131,18 @@ def decode_frames(container, stream) -> Iterator[object]:
         pass
 
 
+class _Reordered(Exception):
+    """The decoder put out frames against the order of their timestamps: they do not number
+    the frames, counting does."""
+
+
 class VideoReader:
     """One open video file: its frame index, and frames decoded on request.
 
     `read(numbers)` returns {number: PIL RGB image, or the reason it cannot be had (str)};
-    `read(numbers, as_array=True)` gives RGB arrays [H, W, 3] uint8 instead of images.
-    Raises VideoReadError from the constructor when the file cannot be read at all.
+    `read(numbers, as_array=True)` gives RGB arrays [H, W, 3] uint8 instead of images;
+    `frames()` gives every frame in order. Raises VideoReadError from the constructor when
+    the file cannot be read at all.
     """
 
     def __init__(self, path: Union[str, Path], size: Optional[int] = None):
@@ -121,10 +154,12 @@ class VideoReader:
         self._open()
         self.n_frames, self._numbers, self._key_numbers, self._key_seek_ts = self._index()
         self.sequential = self._numbers is None
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.frame_rate: Optional[float] = float(rate) if rate else None  # frames per second
         self._pass: Optional[Iterator[Tuple[Optional[int], object]]] = None  # decoding pass
         self._pos = 0  # number of the last frame the current pass decoded (0: none yet)
-        self._decodable = self.n_frames  # no frame after this one decodes (learnt when a pass
-        # meets the end of a damaged file)
+        self._decoded = None  # the number of frames the video decodes to, once a pass has
+        # met the end of the file (it can be fewer than the packets of a damaged file)
 
     # -- opening and indexing -------------------------------------------------------------------
 
@@ -132,8 +167,15 @@ class VideoReader:
         self.close()
         self._container, self._stream = open_video(self.path)
 
+    def _counted(self) -> bool:
+        """Whether the frames are numbered by counting them: the container has no
+        presentation times and the codec reorders frames."""
+        return (self._container.format.name in DTS_ONLY_FORMATS
+                and getattr(self._stream.codec_context, 'has_b_frames', True))
+
     def _index(self):
-        """(number of frames, {pts: frame number} or None, keyframe numbers, their pts).
+        """(number of frames, {pts: frame number} or None when frames are counted, keyframe
+        numbers, their pts).
 
         Seeks go to a keyframe's pts: demuxers index presentation times (mp4 with its edit list
         applied, mkv) or times that are equal or earlier (dts); a seek that lands after the
@@ -141,8 +183,8 @@ class VideoReader:
         keys, stamps = [], []  # pts of the keyframes, of all frames
         try:
             for packet in self._container.demux(self._stream):
-                if packet.size == 0 and packet.pts is None and packet.dts is None:
-                    continue  # the flush packet at the end
+                if packet.size == 0:
+                    continue  # no frame: the flush packet at the end, an AVI's dropped frame
                 if getattr(packet, 'is_discard', False):
                     continue  # dropped by the decoder (e.g. before an mp4 edit list's start)
                 stamps.append(packet.pts)
@@ -151,11 +193,18 @@ class VideoReader:
         except (self.av.FFmpegError, OSError):
             pass  # a truncated or damaged file: the frames before the damage are indexed
         n_frames = len(stamps)
-        if any(s is None for s in stamps) or len(set(stamps)) != n_frames:
+        if (self._counted() or any(s is None for s in stamps)
+                or len(set(stamps)) != n_frames):
             return n_frames, None, [], []
         numbers = {pts: k for k, pts in enumerate(sorted(stamps), 1)}
         key_frames = sorted((numbers[pts], pts) for pts in keys)
         return n_frames, numbers, [k for k, _ in key_frames], [t for _, t in key_frames]
+
+    def _count_instead(self) -> None:
+        """Number the frames by counting them from now on (see _Reordered)."""
+        self.sequential = True
+        self._numbers, self._key_numbers, self._key_seek_ts = None, [], []
+        self._pass, self._pos = None, 0
 
     def _rewind(self) -> None:
         """Back to the start of the file (reopened: not every file can seek to its start)."""
@@ -170,9 +219,20 @@ class VideoReader:
     # -- decoding -------------------------------------------------------------------------------
 
     def _decode(self) -> Iterator[Tuple[Optional[int], object]]:
-        """(frame number, or None when unknown; frame) from the current file position on."""
+        """(frame number, or None when unknown; frame) from the current file position on.
+        Raises _Reordered when timestamps number the frames and a frame comes out of the
+        decoder with a smaller number than the one before it."""
+        last = 0
         for count, frame in enumerate(decode_frames(self._container, self._stream), 1):
-            yield (count if self.sequential else self._numbers.get(frame.pts)), frame
+            if self.sequential:
+                yield count, frame
+                continue
+            number = self._numbers.get(frame.pts)
+            if number is not None:
+                if number < last:
+                    raise _Reordered()
+                last = number
+            yield number, frame
 
     def _start_pass(self, target: int, back: int = 0) -> None:
         """Start decoding at the last keyframe at or before frame `target` (`back` keyframes
@@ -219,46 +279,68 @@ class VideoReader:
         self._pass = None
         if self._pos == 0:
             return 'late'
-        self._decodable = min(self._decodable, self._pos)
+        if self.sequential:
+            self._decoded = self._pos
         return 'end'
+
+    @property
+    def decodable(self) -> int:
+        """The frames known to decode: all of them once a pass has met the end, else the
+        frames of the index."""
+        return self.n_frames if self._decoded is None else self._decoded
 
     def read(self, numbers: Iterable[int], as_array: bool = False) -> Dict[int, object]:
         """{frame number: PIL RGB image (`as_array`: RGB array [H, W, 3] uint8), or why it
         cannot be had (str)} of the frames `numbers`.
 
-        A frame the decoder skips, or one after the point where the file ends in damage, does
-        not decode; one beyond the frames the file holds is missing.
+        A frame the decoder skips does not decode; one beyond the frames the file decodes to
+        is missing.
         """
-        wanted = set(numbers)
+        numbers = list(numbers)
+        try:
+            found = self._read(set(numbers))
+        except _Reordered:
+            self._count_instead()
+            found = self._read(set(numbers))
+        if not as_array:  # the same images as VideoFrame.to_image(), 0.3 ms a frame faster
+            found = {k: v if isinstance(v, str) else to_image(v) for k, v in found.items()}
+        return found
+
+    def _read(self, wanted: set) -> Dict[int, object]:
         found: Dict[int, object] = {}
         for target in sorted(wanted):
             if target in found:
                 continue
-            if target < 1 or target > self.n_frames:
-                found[target] = f'is missing: the video has {self.n_frames} frames'
+            if target < 1 or target > self.decodable:
+                found[target] = f'is missing: {self.length_text()}'
                 continue
-            if target <= self._decodable:
-                if self._can_continue(target):
-                    self._advance(target, wanted, found)
-                else:
-                    for back in (0, 1, len(self._key_numbers)):
-                        self._start_pass(target, back)
-                        if self._advance(target, wanted, found) != 'late':
-                            break
+            if self._can_continue(target):
+                self._advance(target, wanted, found)
+            else:
+                for back in (0, 1, len(self._key_numbers)):
+                    self._start_pass(target, back)
+                    if self._advance(target, wanted, found) != 'late':
+                        break
             if target not in found:
-                found[target] = 'does not decode'
-        if not as_array:  # the same images as VideoFrame.to_image(), 0.3 ms a frame faster
-            found = {k: v if isinstance(v, str) else
-                     Image.frombuffer('RGB', (v.shape[1], v.shape[0]), v, 'raw', 'RGB', 0, 1)
-                     for k, v in found.items()}
+                found[target] = (f'is missing: {self.length_text()}'
+                                 if target > self.decodable else 'does not decode')
         return found
 
-    def undecodable(self) -> List[int]:
-        """The numbers of the frames that do not decode, from a decode of the whole video."""
-        self._start_pass(1, back=len(self._key_numbers))  # from the start of the file
-        seen = {number for number, _ in self._pass if number is not None}
+    def length_text(self) -> str:
+        """'the video has N frames' (N decoded once known, else indexed)."""
+        return (f'the video has {self.n_frames} frames' if self._decoded is None
+                else f'the video decodes to {self._decoded} frames')
+
+    def frames(self, as_array: bool = False) -> Iterator[object]:
+        """Every frame of the video in order, from a decode of the whole file: PIL RGB images
+        (`as_array`: RGB arrays [H, W, 3] uint8), the images generate_video_jpgs writes."""
+        self._rewind()
         self._pass = None
-        return [k for k in range(1, self.n_frames + 1) if k not in seen]
+        n = 0
+        for n, frame in enumerate(decode_frames(self._container, self._stream), 1):
+            rgb = self._rgb(frame)
+            yield rgb if as_array else to_image(rgb)
+        self._decoded = n
 
     # -- conversion -----------------------------------------------------------------------------
 
@@ -292,10 +374,23 @@ class VideoReader:
         return graph
 
 
+def to_image(rgb: np.ndarray) -> Image.Image:
+    """An RGB array [H, W, 3] uint8 as a PIL image sharing its memory."""
+    return Image.frombuffer('RGB', (rgb.shape[1], rgb.shape[0]), rgb, 'raw', 'RGB', 0, 1)
+
+
 def error_text(e: BaseException) -> str:
-    """One line about a PyAV error, without the file name it repeats."""
+    """One line about a PyAV error, without the file name it repeats, with libav's own last
+    message where it gives one: 'Invalid data found when processing input (moov atom not
+    found)', as ffmpeg says it."""
     text = getattr(e, 'strerror', None) or str(e) or type(e).__name__
-    return text.splitlines()[0] if text else type(e).__name__
+    text = text.splitlines()[0] if text else type(e).__name__
+    log = str(e).partition('last error log: ')[2].strip()
+    if log:
+        log = re.sub(r'^\[[^\]]*\]\s*', '', log.splitlines()[0]).strip()  # "[mov,mp4,...] "
+        if log and log not in text:
+            text = f'{text} ({log})'
+    return text
 
 
 def count_frames(path: Union[str, Path]) -> int:

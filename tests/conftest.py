@@ -1,6 +1,7 @@
 """Shared fixtures: tiny frame-folder data sets written on the fly."""
 import csv
 import json
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -75,6 +76,32 @@ def make_motion_dataset(root: Path, n_train: int = 16, n_val: int = 8, n_frames:
     annotation_path = root / 'motion.json'
     annotation_path.write_text(json.dumps({'labels': ['up', 'down'], 'database': database}))
     return video_path, annotation_path
+
+
+def smooth_frames(n_frames: int, width: int, height: int) -> np.ndarray:
+    """[T, H, W, 3] frames of soft moving blobs, brighter every frame: JPEG-friendly, and no
+    two frames alike, so a frame read in place of another shows."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    frames = []
+    for t in range(n_frames):
+        cx, cy = width * (0.2 + 0.6 * t / n_frames), height * (0.5 + 0.3 * np.sin(t / 4))
+        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * (height / 5) ** 2))
+        base = 40 + 4 * t
+        frame = np.stack([base + 150 * blob, base + 60 * (x / width), base + 120 * (1 - blob)],
+                         axis=-1)
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def encode(frames: np.ndarray, path: Path, codec_args, extra_args=()) -> None:
+    """Encode RGB frames with ffmpeg (`codec_args`, e.g. libx264 with B-frames)."""
+    from util_scripts.utils import find_ffmpeg
+    _, height, width, _ = frames.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([find_ffmpeg(), '-v', 'error', '-y', '-f', 'rawvideo', '-pix_fmt', 'rgb24',
+                    '-s', f'{width}x{height}', '-r', '25', '-i', '-', *codec_args,
+                    '-pix_fmt', 'yuv420p', *extra_args, str(path)],
+                   input=frames.tobytes(), check=True)
 
 
 @pytest.fixture

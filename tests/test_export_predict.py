@@ -201,7 +201,21 @@ def assert_one_line_error(result, *fragments):
 def test_a_file_ffmpeg_cannot_read_ends_in_one_line(exported, tmp_path):
     broken = tmp_path / 'broken.avi'
     broken.write_bytes(b'not a video' * 100)
-    assert_one_line_error(cli(broken, '--model', exported), 'ffmpeg cannot read', 'broken.avi')
+    assert_one_line_error(cli(broken, '--model', exported), 'cannot read', 'broken.avi')
+
+
+def test_a_broken_file_among_others_is_reported_and_the_others_written(demo, exported,
+                                                                       tmp_path):
+    (first, a), (second, c) = list(split1_test_videos(demo).items())[:2]
+    broken = tmp_path / 'broken.mp4'
+    broken.write_bytes(b'\x00\x00\x00\x18ftypmp42' + b'\x00' * 200)
+    output = tmp_path / 'p.json'
+    result = cli(a[1], broken, c[1], '--model', exported, '--output', output)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 2 and 'broken.mp4' in errors[0]
+    assert errors[1] == 'error: 1 of 3 videos could not be classified (listed above)'
+    assert sorted(json.loads(output.read_text())['results']) == sorted([first, second])
 
 
 def test_a_model_folder_without_its_json_ends_in_one_line(exported, tmp_path, demo):

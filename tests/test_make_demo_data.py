@@ -7,7 +7,8 @@ import pytest
 
 from util_scripts.make_demo_data import (CLASSES, TEXTURE_LENGTH, main, make_appearance,
                                          plan_clips, render_video, row_offsets)
-from util_scripts.utils import count_decoded_frames, probe_video
+from datasets.video_reader import count_frames
+from util_scripts.utils import probe_video
 from utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def test_layout_and_split_lists(tmp_path):
 
     clip = tmp_path / 'videos' / 'DriftDown' / 'v_DriftDown_g02_c01.avi'
     assert probe_video(clip)['fps'] == 25
-    assert 8 <= count_decoded_frames(clip) <= 12
+    assert 8 <= count_frames(clip) <= 12
 
 
 def test_deterministic_given_seed(tmp_path):

@@ -17,7 +17,7 @@ from datasets.loader import FrameError, VideoLoaderPyAV  # noqa: E402
 from datasets.video_reader import VideoReader, count_frames  # noqa: E402
 from spatial_transforms import Compose, ToTensor  # noqa: E402
 from temporal_transforms import SlidingWindow, TemporalBeginCrop  # noqa: E402
-from conftest import bar_video, read_log  # noqa: E402
+from conftest import bar_video, encode, read_log, smooth_frames  # noqa: E402
 import main  # noqa: E402
 from util_scripts import eval_accuracy, generate_video_jpgs  # noqa: E402
 from util_scripts.utils import find_ffmpeg  # noqa: E402
@@ -31,31 +31,6 @@ pytestmark = pytest.mark.filterwarnings('ignore:1 of 3 training videos have no v
 # own RGB output of the same filter equals ours exactly (ffmpeg 9.0 and PyAV 18's libav 62).
 MAX_JPEG_ROUND_TRIP = 24
 MEAN_JPEG_ROUND_TRIP = 3.0
-
-
-def smooth_frames(n_frames: int, width: int, height: int) -> np.ndarray:
-    """[T, H, W, 3] frames of soft moving blobs, brighter every frame: JPEG-friendly, and no
-    two frames alike, so a frame read in place of another shows."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    frames = []
-    for t in range(n_frames):
-        cx, cy = width * (0.2 + 0.6 * t / n_frames), height * (0.5 + 0.3 * np.sin(t / 4))
-        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * (height / 5) ** 2))
-        base = 40 + 4 * t
-        frame = np.stack([base + 150 * blob, base + 60 * (x / width), base + 120 * (1 - blob)],
-                         axis=-1)
-        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
-    return np.stack(frames)
-
-
-def encode(frames: np.ndarray, path: Path, codec_args, extra_args=()) -> None:
-    """Encode RGB frames with ffmpeg (`codec_args`, e.g. libx264 with B-frames)."""
-    _, height, width, _ = frames.shape
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([find_ffmpeg(), '-v', 'error', '-y', '-f', 'rawvideo', '-pix_fmt', 'rgb24',
-                    '-s', f'{width}x{height}', '-r', '25', '-i', '-', *codec_args,
-                    '-pix_fmt', 'yuv420p', *extra_args, str(path)],
-                   input=frames.tobytes(), check=True)
 
 
 H264 = ['-c:v', 'libx264', '-g', '6', '-bf', '2', '-preset', 'ultrafast']  # B-frames: reordered

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from utils import UserError, run_cli
-from .generate_video_jpgs import (VIDEO_EXTENSIONS, convert_all, extract_frames,
-                                  has_all_frames, job_options, report)
+from datasets.video_reader import DATASET_VIDEO_EXTENSIONS, list_video_files, video_extensions
+from .generate_video_jpgs import (DATASETS, convert_all, extract_frames, has_all_frames,
+                                  job_options, report)
 from .utils import VideoError, require_dir
 
 FRAME_NAME = re.compile(r'image_(\d+)\.jpg')
@@ -43,20 +44,15 @@ def import_h5py():
 def list_sources(src: Path, dst: Path, dataset: str) -> List[Tuple[Path, Path]]:
     """(frame folder or video file, hdf5 path) pairs; a frame folder wins over a video of the
     same name."""
-    ext = VIDEO_EXTENSIONS[dataset]
     folders = [src] if dataset == 'activitynet' else sorted(
         p for p in src.iterdir() if p.is_dir() and not p.name.startswith('.'))
     pairs = []
     for folder in folders:
         dst_folder = dst if folder == src else dst / folder.name
-        sources = {}
-        for path in sorted(folder.iterdir()):
-            if path.name.startswith('.'):
-                continue
-            if path.is_dir():
-                sources[path.name] = path
-            elif path.is_file() and path.suffix.lower() == ext:
-                sources.setdefault(path.stem, path)
+        sources = {stem: folder / name
+                   for stem, name in list_video_files(folder, video_extensions(dataset)).items()}
+        sources.update((path.name, path) for path in folder.iterdir()
+                       if path.is_dir() and not path.name.startswith('.'))
         pairs += [(source, dst_folder / f'{name}.hdf5') for name, source in sorted(sources.items())]
     return pairs
 
@@ -134,7 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='directory of the frame folders of generate_video_jpgs, or of the '
                              'videos')
     parser.add_argument('dst_path', type=Path, help='directory of the hdf5 files (created)')
-    parser.add_argument('dataset', choices=sorted(VIDEO_EXTENSIONS),
+    parser.add_argument('dataset', choices=DATASETS,
                         help='decides the video extension (.avi or .mp4) and the folder layout')
     parser.add_argument('--n_jobs', type=int, default=-1,
                         help='parallel conversions; -1 (default): one per CPU core')
@@ -154,7 +150,7 @@ def main(argv=None) -> None:
     if not pairs:
         layout = '<video>' if args.dataset == 'activitynet' else '<class>/<video>'
         raise UserError(f'no frame folders or videos found in {args.dir_path} ({args.dataset} '
-                        f'expects {layout}/ or {layout}{VIDEO_EXTENSIONS[args.dataset]})')
+                        f'expects {layout}/ or {layout}{DATASET_VIDEO_EXTENSIONS[args.dataset]})')
     args.dst_path.mkdir(parents=True, exist_ok=True)
     counts, failures = convert_all(
         pairs, lambda source, hdf5_path: video_process(source, hdf5_path, fps, args.size),

@@ -3,9 +3,10 @@
     python -m util_scripts.generate_video_jpgs SRC DST ucf101 [--n_jobs N] [--fps F] [--size 240]
 
 Layout: `SRC/<class>/<video>.avi` -> `DST/<class>/<video>/image_00001.jpg, ...` (ucf101, hmdb51;
-kinetics and mit read `.mp4`, and Kinetics' unlabelled `SRC/test/` is just one more folder);
-activitynet reads a flat `SRC/<video>.mp4` -> `DST/<video>/`. Frames have their shorter side
-scaled to `--size` (aspect kept, the other side rounded to an even number).
+kinetics and mit: `.mp4`, and Kinetics' unlabelled `SRC/test/` is just one more folder);
+activitynet reads a flat `SRC/<video>.mp4` -> `DST/<video>/`. Every video file is read,
+whatever its extension (.mkv, .webm, ...: the files `--file_type video` reads). Frames have
+their shorter side scaled to `--size` (aspect kept, the other side rounded to an even number).
 
 One image is written per decoded frame (ffmpeg's `-fps_mode passthrough`), so `image_0000k.jpg`
 is the k-th frame of the video, the frame `--file_type video` reads as frame k, and a video of
@@ -28,25 +29,27 @@ from typing import Callable, List, Optional, Tuple
 from tqdm import tqdm
 
 from utils import UserError, run_cli
-from datasets.video_reader import scale_expression
-from .utils import (VideoError, count_decoded_frames, get_n_frames, last_error_line,
-                    passthrough_args, probe_video, require_dir, run_ffmpeg)
+from datasets.video_reader import (DATASET_VIDEO_EXTENSIONS, VideoReadError, VideoReader,
+                                   count_frames, list_video_files, scale_expression,
+                                   video_extensions)
+from .utils import (VideoError, count_resampled_frames, get_n_frames, last_error_line,
+                    passthrough_args, require_dir, run_ffmpeg)
 
-VIDEO_EXTENSIONS = {'ucf101': '.avi', 'hmdb51': '.avi', 'kinetics': '.mp4', 'mit': '.mp4',
-                    'activitynet': '.mp4'}
+DATASETS = tuple(sorted(DATASET_VIDEO_EXTENSIONS))
 
 
 def list_videos(src: Path, dst: Path, dataset: str) -> List[Tuple[Path, Path]]:
-    """(video file, frame folder) pairs: one folder level of classes, none for activitynet."""
-    ext = VIDEO_EXTENSIONS[dataset]
+    """(video file, frame folder) pairs: one folder level of classes, none for activitynet.
+    A video file is what `--file_type video` reads (any of datasets.video_reader's
+    VIDEO_EXTENSIONS; of two files with one stem, the dataset's own extension first)."""
     folders = [src] if dataset == 'activitynet' else sorted(
         p for p in src.iterdir() if p.is_dir() and not p.name.startswith('.'))
     pairs = []
     for folder in folders:
         dst_folder = dst if folder == src else dst / folder.name
-        pairs += [(video, dst_folder / video.stem) for video in sorted(folder.iterdir())
-                  if video.suffix.lower() == ext and video.is_file()
-                  and not video.name.startswith('.')]
+        files = list_video_files(folder, video_extensions(dataset))
+        pairs += [(folder / files[stem], dst_folder / stem) for stem in sorted(files)
+                  if (folder / files[stem]).is_file()]
     return pairs
 
 
@@ -59,16 +62,20 @@ def scale_filter(size: int) -> str:
 def has_all_frames(video_path: Path, n_frames: int, fps: Optional[float]) -> bool:
     """Whether `n_frames` extracted frames are every frame of the video.
 
-    The header's duration x fps settles most cases cheaply; when it says frames are missing,
-    the video is decoded to count exactly (headers often overestimate by a frame or two).
-    """
+    Without `fps`, the frames are those datasets.video_reader counts (one per decoded frame):
+    a folder with as many frames as the video's packets has them all (the packets are indexed
+    without decoding); else the video is decoded to count exactly. With `fps`, ffmpeg counts
+    the frames of its resampling."""
     if n_frames == 0:
         return False
-    header = probe_video(video_path)
-    rate = fps or header['fps']
-    if header['duration'] and rate and n_frames >= int(header['duration'] * rate):
-        return True
-    return n_frames >= count_decoded_frames(video_path, fps)
+    if fps:
+        return n_frames >= count_resampled_frames(video_path, fps)
+    try:
+        reader = VideoReader(video_path)
+        reader.close()
+        return n_frames >= reader.n_frames or n_frames >= count_frames(video_path)
+    except VideoReadError as e:
+        raise VideoError(str(e)) from e
 
 
 def is_complete(video_path: Path, frame_dir: Path, fps: Optional[float]) -> bool:
@@ -154,8 +161,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      description='Extract jpg frames of videos with ffmpeg.')
     parser.add_argument('dir_path', type=Path, help='directory of the videos')
     parser.add_argument('dst_path', type=Path, help='directory of the frame folders (created)')
-    parser.add_argument('dataset', choices=sorted(VIDEO_EXTENSIONS),
-                        help='decides the extension (.avi or .mp4) and the folder layout')
+    parser.add_argument('dataset', choices=DATASETS,
+                        help='decides the folder layout and the extension looked for first '
+                             '(.avi or .mp4; any video file is read)')
     parser.add_argument('--n_jobs', type=int, default=-1,
                         help='parallel ffmpeg processes; -1 (default): one per CPU core')
     parser.add_argument('--fps', type=float, default=-1,
@@ -171,7 +179,8 @@ def main(argv=None) -> None:
     if not pairs:
         layout = '<video>' if args.dataset == 'activitynet' else '<class>/<video>'
         raise UserError(f'no videos found in {args.dir_path} '
-                        f'({args.dataset} expects {layout}{VIDEO_EXTENSIONS[args.dataset]})')
+                        f'({args.dataset} expects {layout}'
+                        f'{DATASET_VIDEO_EXTENSIONS[args.dataset]} or another video file)')
     args.dst_path.mkdir(parents=True, exist_ok=True)
     counts, failures = convert_all(
         pairs, lambda video, frame_dir: video_process(video, frame_dir, fps, args.size), n_jobs)

@@ -5,13 +5,14 @@
     python -m util_scripts.predict_video INPUT... --model results/save_20.pdparams \
         --opts results/opts.json
 
-INPUT is a video file, decoded through an ffmpeg pipe with its shorter side scaled to 240 as
-generate_video_jpgs does (no frames are written to disk), or a frame folder (`image_00001.jpg`,
-...). As `main.py --inference` does, each frame is resized and center-cropped, the video is cut
-into sliding-window clips of `sample_duration` frames every `inference_stride` frames, and the
-softmax scores of the clips are averaged. Prints the `--topk` classes of every video; `--output`
-writes the json main.py --inference writes, `{"results": {video_id: [{"label", "score"}, ...]}}`,
-where the video id is the file name without its extension, or the folder name.
+INPUT is a video file, decoded with PyAV into the frames generate_video_jpgs would write for
+it (one per decoded frame, shorter side scaled to 240; no frames are written to disk), or a
+frame folder (`image_00001.jpg`, ...). As `main.py --inference` does, each frame is resized
+and center-cropped, the video is cut into sliding-window clips of `sample_duration` frames
+every `inference_stride` frames, and the softmax scores of the clips are averaged. Prints the
+`--topk` classes of every video; `--output` writes the json main.py --inference writes,
+`{"results": {video_id: [{"label", "score"}, ...]}}`, where the video id is the file name
+without its extension, or the folder name.
 
 `--timeline` adds the scores of every window to that json, under "timeline":
 
@@ -21,11 +22,14 @@ where the video id is the file name without its extension, or the folder name.
 "segment" is the window's frames [first, last + 1] (1-based, as main.py --inference_no_average
 writes them; the last window of a video may be shorter, and is loop-padded to a full clip), and
 "start"/"end" are its times in seconds, (first - 1) / fps and last / fps: frame k is shown from
-(k - 1) / fps on. The rate is --fps, else for a video file the rate it is decoded at: ffmpeg's
-pipe gives the frames at the stream's constant rate (the "tbr" of `ffmpeg -i`; frames of a
-variable-rate video are repeated or dropped to it). A frame folder has no rate of its own
+(k - 1) / fps on. The rate is --fps, else for a video file its stream's average frame rate
+(frames of a variable-rate video are neither repeated nor dropped, so their times are the
+average's). A frame folder has no rate of its own
 (generate_video_jpgs keeps each video's rate, or writes --fps F: pass the same --fps here), so
 without --fps its "fps", "start" and "end" are null and the frame numbers are the timeline.
+
+A video that cannot be read (a missing or damaged file, a corrupt frame) is reported on one
+line and the others are classified: --output holds them, and the exit status is 1.
 
 `--timeline_png FILE` draws, one panel per video, the window scores of the video's best classes
 on average (the top-k, at most 5) at each window's centre, in seconds (frames without a rate);
@@ -38,11 +42,9 @@ windows need (about sample_duration of them), so memory does not grow with a vid
 """
 import argparse
 import json
-import re
-import subprocess
-import tempfile
+import sys
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import environment
 
@@ -55,6 +57,7 @@ from tqdm import tqdm
 
 import inference
 from datasets.loader import ImageLoaderPIL, image_name_formatter
+from datasets.video_reader import VideoReadError, VideoReader
 from model import get_device
 from opts import positive_float, positive_int
 from spatial_transforms import CenterCrop, Compose, Resize, get_spatial_transform
@@ -63,47 +66,27 @@ from utils import UserError, run_cli
 
 from .export_model import (INFO_FILE, PROGRAM_PREFIX, build_model, class_names_of,
                            input_shape, model_info, parse_model_opts, random_clip)
-from .generate_video_jpgs import scale_filter
-from .utils import find_ffmpeg, get_n_frames, last_error_line, run_ffmpeg
+from .utils import get_n_frames
 
 FRAME_SIZE = 240  # shorter side of the frames, as generate_video_jpgs writes them
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 
-def read_ppm_frames(stream: BinaryIO) -> Iterator[Image.Image]:
-    """RGB images from a stream of binary PPMs ("P6\\n<w> <h>\\n255\\n" + w * h * 3 bytes each)."""
-    while stream.readline().strip() == b'P6':
-        width, height = (int(n) for n in stream.readline().split())
-        stream.readline()  # the maximum value, 255
-        data = stream.read(width * height * 3)
-        if len(data) < width * height * 3:
-            return
-        yield Image.frombytes('RGB', (width, height), data)
-
-
 def decode_video(path: Path, size: int = FRAME_SIZE) -> Iterator[Image.Image]:
-    """The frames of a video file with the shorter side scaled to `size`, piped from ffmpeg."""
-    command = [find_ffmpeg(), '-hide_banner', '-nostdin', '-v', 'error', '-i', str(path),
-               '-map', '0:v:0', '-vf', scale_filter(size), '-f', 'image2pipe', '-c:v', 'ppm',
-               '-pix_fmt', 'rgb24', 'pipe:1']
-    n_frames = 0
-    # stderr to a file: a pipe that nobody reads could fill up and stall ffmpeg
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
-        try:
-            for frame in read_ppm_frames(process.stdout):
-                n_frames += 1
-                yield frame
-        finally:
-            process.stdout.close()
-            if process.poll() is None:
-                process.kill()
-            returncode = process.wait()
-        if returncode != 0 or n_frames == 0:
-            stderr.seek(0)
-            message = last_error_line(stderr.read(), path) if returncode else 'no video frames'
-            raise UserError(f'ffmpeg cannot read {path}: {message}')
+    """The frames of a video file as generate_video_jpgs writes them (shorter side `size`)."""
+    try:
+        reader = VideoReader(path, size)
+    except VideoReadError as e:
+        raise UserError(f'cannot read {path}: {e}') from e
+    try:
+        n = 0
+        for n, frame in enumerate(reader.frames(), 1):
+            yield frame
+        if n == 0:
+            raise UserError(f'cannot read {path}: no frame decodes')
+    finally:
+        reader.close()
 
 
 def read_frame_folder(folder: Path) -> Iterator[Image.Image]:
@@ -310,19 +293,13 @@ def format_results(results: List[dict]) -> str:
 
 
 def frame_rate(path: Path, fps: Optional[float]) -> Optional[float]:
-    """--fps, else the rate a video file is decoded at; None for a frame folder.
-
-    decode_video's image pipe has a constant rate, ffmpeg's guess of the stream's rate: "tbr" in
-    `ffmpeg -i`'s stream line (its average, "fps", when there is no tbr).
-    """
+    """--fps, else a video file's average frame rate; None for a frame folder."""
     if fps is not None or path.is_dir():
         return fps
-    result = run_ffmpeg(['-i', path])
-    stream = re.search(r'Stream #.*?: Video: (.*)', result.stderr.decode('utf-8', 'replace'))
-    if stream is None:
-        raise UserError(f'ffmpeg cannot read {path}: {last_error_line(result.stderr, path)}')
-    rate = (re.search(r'([\d.]+)(k?) tbr', stream[1]) or re.search(r'([\d.]+)(k?) fps', stream[1]))
-    return float(rate[1]) * (1000 if rate[2] else 1) if rate else None
+    try:
+        return VideoReader(path).frame_rate
+    except VideoReadError as e:
+        raise UserError(f'cannot read {path}: {e}') from e
 
 
 def timeline(prediction: Prediction, fps: Optional[float], classify: VideoClassifier,
@@ -383,13 +360,20 @@ def main(argv=None) -> None:
     classify = VideoClassifier(info, logits, args.batch_size)
     topk = args.topk if args.topk > 0 else len(info['class_names'])
 
-    results, timelines, predictions = {}, {}, {}
+    results, timelines, predictions, failures = {}, {}, {}, []
     for name, path in inputs.items():
-        prediction = classify(path, keep_windows)
+        try:
+            prediction = classify(path, keep_windows)
+            fps = frame_rate(path, args.fps) if keep_windows else None
+        except UserError as e:  # one bad video: reported, the others still classified
+            if len(inputs) == 1:
+                raise
+            failures.append(path)
+            print(f'error: {e}', file=sys.stderr)
+            continue
         results[name] = classify.results(prediction.scores, topk)
         print(f'{path} ({prediction.n_clips} clips): {format_results(results[name])}')
         if keep_windows:
-            fps = frame_rate(path, args.fps)
             predictions[name] = prediction, fps
             timelines[name] = timeline(prediction, fps, classify, topk)
     if args.output is not None:
@@ -399,11 +383,14 @@ def main(argv=None) -> None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(output))
         print(f'{len(results)} videos -> {args.output}')
-    if figure is not None:
+    if figure is not None and predictions:
         draw_timelines(figure, predictions, classify, topk)
         args.timeline_png.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(args.timeline_png)
         print(f'timeline of {len(predictions)} videos -> {args.timeline_png}')
+    if failures:
+        raise UserError(f'{len(failures)} of {len(inputs)} videos could not be classified '
+                        '(listed above)')
 
 
 if __name__ == '__main__':

@@ -86,12 +86,11 @@ def probe_video(video_path: Path) -> Dict[str, Optional[float]]:
     }
 
 
-def count_decoded_frames(video_path: Path, fps: Optional[float] = None) -> int:
-    """The exact number of frames ffmpeg decodes from a video (resampled to `fps` if given)."""
-    args = ['-v', 'error', '-i', video_path, '-map', '0:v:0']
-    if fps:
-        args += ['-vf', f'fps={fps}']
-    result = run_ffmpeg(args + ['-f', 'null', '-progress', 'pipe:1', '-nostats', '-'])
+def count_resampled_frames(video_path: Path, fps: float) -> int:
+    """The number of frames ffmpeg's `fps` filter makes of a video (generate_video_jpgs --fps);
+    without resampling, datasets.video_reader.count_frames counts a video's frames."""
+    result = run_ffmpeg(['-v', 'error', '-i', video_path, '-map', '0:v:0', '-vf', f'fps={fps}',
+                         '-f', 'null', '-progress', 'pipe:1', '-nostats', '-'])
     counts = re.findall(rb'^frame=(\d+)', result.stdout, flags=re.MULTILINE)
     if result.returncode != 0 or not counts:
         raise VideoError(last_error_line(result.stderr, video_path))
