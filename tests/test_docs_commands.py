@@ -98,3 +98,31 @@ def test_prose_naming_what_does_not_exist_fails():
         'README.md: tests/test_nothing.py does not exist',
         'README.md: link to docs/no_such_page.md, which does not exist',
         'README.md: link docs/data.md#no-such-heading: no such heading in docs/data.md']
+
+
+def test_subset_keeps_the_first_videos_of_each_class(tmp_path):
+    demo = tmp_path / 'demo'
+    (demo / 'annotations').mkdir(parents=True)
+    (demo / 'annotations/classInd.txt').write_text('1 A\n2 B\n')
+    names = {'train': [f'{c}/v_{c}_g{g:02d}_c01.avi' for c in 'AB' for g in range(6)],
+             'test': [f'{c}/v_{c}_g{g:02d}_c01.avi' for c in 'AB' for g in range(10, 13)]}
+    (demo / 'annotations/trainlist01.txt').write_text(''.join(f'{n} 1\n' for n in names['train']))
+    (demo / 'annotations/testlist01.txt').write_text(''.join(f'{n}\n' for n in names['test']))
+    docs_commands.build_subset(demo, tmp_path / 'videos', tmp_path / 'annotations')
+    train = [line.split()[0] for line in (tmp_path / 'annotations/trainlist03.txt').open()]
+    test = (tmp_path / 'annotations/testlist01.txt').read_text().split()
+    assert train == [n for n in names['train'] if int(n.split('_g')[1][:2]) < 4]
+    assert test == [n for n in names['test'] if int(n.split('_g')[1][:2]) < 12]
+    assert sorted(f'B/{p.name}' for p in (tmp_path / 'videos/B').iterdir()) == sorted(
+        n for n in train + test if n.startswith('B/'))
+
+
+@pytest.mark.parametrize('text, reason', [
+    ('python -m paddle.distributed.launch --nproc_per_node 8 main.py --distributed', '8 GPUs'),
+    ('python -m util_scripts.kinetics_json ~/data/kinetics_csv 700 ~/data/kinetics_jpg jpg k.json',
+     'no stand-in'),
+    ('make demo', 'dry-run'),
+])
+def test_run_mode_says_why_a_command_is_only_parsed(tmp_path, text, reason):
+    command = docs_commands.Command('x.md', 1, text)
+    assert reason in docs_commands.parse_only_reason(command, tmp_path)
