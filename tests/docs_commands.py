@@ -225,6 +225,7 @@ def _parse_one(target: Target) -> dict:
 
 
 def _worker(request: Path, reply: Path) -> None:
+    """The worker process of `parse_all`: the targets in `request`, the results to `reply`."""
     sys.path.insert(0, str(REPO))
     os.chdir(REPO)
     items = json.loads(request.read_text())
@@ -324,10 +325,12 @@ def check_prose(docs: Dict[str, str]) -> List[str]:
 
 
 def read_docs() -> Dict[str, str]:
+    """{doc: its text} of the DOCS that exist."""
     return {doc: (REPO / doc).read_text() for doc in DOCS if (REPO / doc).is_file()}
 
 
 def all_commands(docs: Dict[str, str]) -> List[Command]:
+    """The commands of every doc, in DOCS order."""
     return [c for doc, text in docs.items() for c in commands(doc, text)]
 
 
@@ -372,6 +375,7 @@ def build_sandbox(sandbox: Path, demo: Path) -> None:
 
 
 def bfloat16_cpu() -> bool:
+    """Whether this CPU has bfloat16 instructions (what `--amp bfloat16` needs)."""
     cpuinfo = Path('/proc/cpuinfo')
     text = cpuinfo.read_text(errors='ignore') if cpuinfo.exists() else ''
     return 'avx512_bf16' in text or 'amx_bf16' in text
@@ -451,6 +455,8 @@ def main(argv=None) -> int:
     if args.parse_worker:
         _worker(*args.parse_worker)
         return 0
+    if args.run and not (args.run / 'videos').is_dir():
+        parser.error(f'--run {args.run}: no demo data there (make demo writes it to ./demo)')
     docs = read_docs()
     cmds = all_commands(docs)
     start = time.time()
