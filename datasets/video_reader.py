@@ -204,7 +204,7 @@ class VideoReader:
         """Number the frames by counting them from now on (see _Reordered)."""
         self.sequential = True
         self._numbers, self._key_numbers, self._key_seek_ts = None, [], []
-        self._pass, self._pos = None, 0
+        self._pass, self._pos, self._decoded = None, 0, None
 
     def _rewind(self) -> None:
         """Back to the start of the file (reopened: not every file can seek to its start)."""
@@ -279,8 +279,7 @@ class VideoReader:
         self._pass = None
         if self._pos == 0:
             return 'late'
-        if self.sequential:
-            self._decoded = self._pos
+        self._decoded = self._pos  # the last frame before the end (or the damage that ends it)
         return 'end'
 
     @property
@@ -296,12 +295,12 @@ class VideoReader:
         A frame the decoder skips does not decode; one beyond the frames the file decodes to
         is missing.
         """
-        numbers = list(numbers)
+        wanted = set(numbers)
         try:
-            found = self._read(set(numbers))
+            found = self._read(wanted)
         except _Reordered:
             self._count_instead()
-            found = self._read(set(numbers))
+            found = self._read(wanted)
         if not as_array:  # the same images as VideoFrame.to_image(), 0.3 ms a frame faster
             found = {k: v if isinstance(v, str) else to_image(v) for k, v in found.items()}
         return found
