@@ -1,5 +1,4 @@
 """Datasets of trimmed videos described by an ActivityNet-style annotation json."""
-import json
 import multiprocessing
 import warnings
 from pathlib import Path
@@ -15,21 +14,6 @@ from .loader import FrameError, VideoLoader
 
 # Bad frames named in one warning; the rest of the clip's are counted.
 MAX_FRAMES_NAMED = 3
-
-
-def load_annotation(annotation_path: Path) -> dict:
-    """Read the annotation json, with an error that names the file when it is missing or
-    malformed."""
-    try:
-        with Path(annotation_path).open() as f:
-            data = json.load(f)
-    except FileNotFoundError as e:
-        raise UserError(f'annotation file not found: {annotation_path}') from e
-    except json.JSONDecodeError as e:
-        raise UserError(f'annotation file {annotation_path} is not valid json: {e}') from e
-    if not isinstance(data, dict) or 'labels' not in data or 'database' not in data:
-        raise UserError(f'annotation file {annotation_path} has no "labels" and "database"')
-    return data
 
 
 class NoReadableFrame(UserError):
