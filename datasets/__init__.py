@@ -15,8 +15,8 @@ from utils import UserError
 from .activitynet import ActivityNet, ActivityNetMultiClips
 from .layout import FileLayout, FrameFolderLayout, VideoFileLayout
 from .video_reader import VIDEO_EXTENSIONS
-from .loader import (VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5, VideoLoaderPyAV,
-                     image_name_formatter)
+from .loader import (VIDEO_FRAME_SIZE, VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5,
+                     VideoLoaderPyAV, image_name_formatter)
 from .videodataset import VideoDataset
 from .videodataset_multiclips import VideoDatasetMultiClips, collate_fn
 
@@ -26,9 +26,6 @@ DATASET_VIDEO_EXTENSIONS = {'ucf101': '.avi', 'hmdb51': '.avi', 'kinetics': '.mp
                             'mit': '.mp4', 'activitynet': '.mp4'}
 INFERENCE_SUBSETS = {'train': 'training', 'val': 'validation', 'test': 'testing'}
 FILE_TYPES = ('jpg', 'hdf5', 'video')
-# Shorter side of the frames decoded from video files: generate_video_jpgs' default --size, so
-# that `--file_type video` feeds the model what the jpg folders would.
-VIDEO_FRAME_SIZE = 240
 
 
 def check_dataset_name(dataset_name: str) -> str:
