@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 
+import numpy as np
 import paddle
 from tqdm import tqdm
 
@@ -140,6 +141,22 @@ def make_logger(opt, name: str, header: list):
                   drop_from_epoch=opt.begin_epoch)
 
 
+def sources_note(loader, weights) -> str:
+    """'training videos: N (source a: n, ...)', with each source's clips per epoch under
+    --source_weights."""
+    records = loader.dataset.data
+    line = f'training videos: {len(records)}'
+    if not records.source_names:
+        return line
+    sizes = np.bincount(records.sources, minlength=len(records.source_names))
+    line += ' (' + ', '.join(f'{name}: {n}' for name, n in zip(records.source_names, sizes))
+    if weights is not None:
+        draws = loader.batch_sampler.draws
+        line += '; clips per epoch by --source_weights: ' + ', '.join(
+            f'{name}: {n}' for name, n in zip(records.source_names, draws))
+    return line + ')'
+
+
 def bad_frames_note(loader) -> str:
     """', bad frames replaced: N, videos skipped: M' for the epoch just loaded ('' if none)."""
     replaced, skipped = loader.dataset.bad_frames.take()
@@ -185,6 +202,7 @@ def main_worker(opt, stop: StopSignals):
             check_free_space(opt.result_path, model)
         (train_loader, train_logger, train_batch_logger, optimizer,
          scheduler) = get_train_utils(opt, parameters)
+        log(sources_note(train_loader, opt.source_weights))
         scaler = make_grad_scaler(opt.amp)
     if not opt.no_val:
         val_loader, val_logger = get_val_utils(opt)
@@ -204,7 +222,8 @@ def main_worker(opt, stop: StopSignals):
             seed = epoch_seed(opt.manual_seed, epoch, opt.dist_rank)
             set_seed(seed)
             train_loader.seeder.seed = seed
-            if opt.distributed:  # one order for all processes, a shard of it each
+            if opt.distributed or opt.source_weights is not None:
+                # one order for all processes, a shard of it each; the sources' shares
                 train_loader.batch_sampler.set_epoch(epoch_seed(opt.manual_seed, epoch) % 2**32)
             lr = optimizer.get_lr()
             trained = train_epoch(epoch, stop.watch(train_loader, opt.distributed), train_model,
