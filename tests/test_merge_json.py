@@ -327,3 +327,56 @@ def test_source_weights_must_match_the_annotations_sources(merged, sources, tmp_
             main.main(['--video_path', str(frames), '--annotation_path', str(annotation),
                        '--result_path', str(tmp_path), '--n_classes', '4', '--n_epochs', '1',
                        '--source_weights', '1', '2', '3', '--no_val', *TINY])
+
+
+# --- two nodes on loopback against one process -----------------------------------------------
+
+def test_two_nodes_on_the_merge_give_the_single_process_result(sources, merged, tmp_path):
+    from test_distributed import RECORDING_MAIN, finish, free_port, launch
+    (frames, _), _ = sources
+    script = tmp_path / 'recording_main.py'
+    script.write_text(RECORDING_MAIN)
+    record = tmp_path / 'record'
+    record.mkdir()
+    weights = ['--source_weights', '1', '3']
+    args = ['--video_path', frames, '--annotation_path', merged, '--n_classes', '4', *TINY,
+            '--batch_size', '4', *weights]
+    master = f'127.0.0.1:{free_port()}'
+    nodes = [launch(['--nnodes', '2', '--master', master, '--rank', str(rank),
+                     '--nproc_per_node', '1'], script,
+                    args + ['--result_path', tmp_path / 'nodes', '--n_epochs', '1',
+                            '--checkpoint', '1', '--distributed', '--world_size', '2',
+                            '--inference', '--inference_stride', '8'],
+                    record_dir=record, log_dir=tmp_path / f'log{rank}', wait=False)
+             for rank in (0, 1)]
+    outputs = [finish(node, tmp_path / f'log{rank}') for rank, node in enumerate(nodes)]
+    assert '2 processes, batch 4 each' in outputs[0]
+    assert 'training videos: 40 (ucf: 20, kin: 20; clips per epoch by --source_weights: ' \
+           'ucf: 10, kin: 30)' in outputs[0]
+
+    # the steps of the two nodes together are the steps of one process with batch 8
+    data = get_training_data(frames, merged, 'kinetics', 'rgb', 'jpg')
+    single = SourceBatchSampler(data.data.sources, 8, weights=[1, 3])
+    single.set_epoch(main.epoch_seed(3, 1) % 2**32)
+    [first], [second] = (json.loads((record / f'rank{r}_shards.json').read_text())
+                         for r in (0, 1))
+    steps = [first[i:i + 4] + second[i:i + 4] for i in range(0, len(first), 4)]
+    assert steps == list(single)
+    assert np.bincount(data.data.sources[np.concatenate(steps)]).tolist() == [10, 30]
+
+    # and one process evaluates the nodes' checkpoint as they did
+    main.main([str(a) for a in args] + ['--result_path', str(tmp_path / 'single'),
+                                        '--no_train', '--n_epochs', '2', '--inference',
+                                        '--inference_stride', '8', '--resume_path',
+                                        str(tmp_path / 'nodes' / 'save_1.pdparams')])
+    nodes_val = json.loads((tmp_path / 'nodes' / 'val.json').read_text())['results']
+    single_val = json.loads((tmp_path / 'single' / 'val.json').read_text())['results']
+    assert list(nodes_val) == list(single_val) and len(single_val) == 20
+    for video_id, expected in single_val.items():
+        assert [r['label'] for r in nodes_val[video_id]] == [r['label'] for r in expected]
+        np.testing.assert_allclose([r['score'] for r in nodes_val[video_id]],
+                                   [r['score'] for r in expected], rtol=1e-5, atol=1e-7)
+    [nodes_log], [single_log] = read_log(tmp_path / 'nodes' / 'val.log'), \
+        read_log(tmp_path / 'single' / 'val.log')
+    assert float(nodes_log['loss']) == pytest.approx(float(single_log['loss']), rel=1e-5)
+    assert nodes_log['acc'] == single_log['acc']
