@@ -16,7 +16,7 @@ from datasets import get_training_data
 from datasets.data_loader import SourceBatchSampler, permute
 from spatial_transforms import Compose, ToTensor
 from temporal_transforms import TemporalBeginCrop
-from util_scripts import merge_json
+from util_scripts import eval_accuracy, merge_json
 from util_scripts.make_demo_data import write_video
 from utils import UserError
 
@@ -173,6 +173,12 @@ def test_training_on_the_merge_learns_both_sources_classes(trained, merged):
     assert sorted(accuracy) == ['kin', 'ucf']
     assert min(accuracy.values()) >= 0.8  # chance: 0.25 of 4 classes, 0.5 within a source
     assert read_log(trained / 'val.log')[-1]['epoch'] == '12'
+    for source in ('ucf', 'kin'):  # eval_accuracy --source counts the same
+        assert eval_accuracy.main([str(merged), str(trained / 'val.json'), '--source',
+                                   source]) == accuracy[source]
+    with pytest.raises(UserError, match=r"no labelled videos of source 'mit' in subset "
+                                        r"'validation' \(its sources: ucf, kin\)"):
+        eval_accuracy.main([str(merged), str(trained / 'val.json'), '--source', 'mit'])
 
 
 def test_fine_tuning_from_the_merged_checkpoint(trained, sources, tmp_path):
