@@ -12,7 +12,7 @@ import os
 import re
 from array import array
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from utils import UserError
 TEST_LABEL = 'test'
 
 _WHITESPACE = re.compile(r'[ \t\n\r]*')
+_COLON = re.compile(r'[ \t\n\r]*:[ \t\n\r]*')
+_NEXT_MEMBER = re.compile(r'[ \t\n\r]*([,}])')
 _scan_once = json.JSONDecoder().scan_once  # (text, index) -> (value, end), the C scanner
 
 
@@ -85,6 +87,53 @@ class JsonStream:
         key = self.value()
         self.expect(':')
         return key
+
+    def items(self):
+        """The (key, value) of an object's members, decoded one at a time: members() and
+        value() in one step per member, which a database of a million videos needs."""
+        self.expect('{')
+        if self.peek() == '}':
+            self.pos += 1
+            return
+        while True:
+            if not self.eof and len(self.text) - self.pos < self.MARGIN:
+                self._read()
+            member = self._member()
+            if member is None:  # at the end of the buffer, or not json: step by step
+                key = self.key()
+                member = key, self.value(), self._end_of_member()
+            yield member[:2]
+            if member[2]:
+                return
+
+    def _member(self):
+        """(key, value, last) of the member at the position, with the C scanner alone; None
+        when that does not decode it whole."""
+        text = self.text
+        try:
+            key, pos = _scan_once(text, _WHITESPACE.match(text, self.pos).end())
+            colon = _COLON.match(text, pos)
+            if not isinstance(key, str) or colon is None:
+                return None
+            value, pos = _scan_once(text, colon.end())
+        except (StopIteration, json.JSONDecodeError):
+            return None
+        after = _NEXT_MEMBER.match(text, pos)
+        if after is None:
+            return None
+        self.pos = after.end()
+        return key, value, after.group(1) == '}'
+
+    def _end_of_member(self) -> bool:
+        """Past the ',' after a member (False) or the '}' of the object (True)."""
+        char = self.peek()
+        self.pos += 1
+        if char == '}':
+            return True
+        if char != ',':
+            self.pos -= 1
+            raise self.error("expecting ',' or '}'")
+        return False
 
     def members(self):
         """The (key, position) of an object's members: the caller decodes each value before
@@ -174,6 +223,15 @@ class VideoRecords(Sequence):
                 'label': self.label(i)}
 
 
+def split_path(path) -> Tuple[str, str]:
+    """(folder, name) of a path, as pathlib.Path has them (a trailing '/' does not count)."""
+    path = os.fspath(path)
+    if path.endswith('/') and path.strip('/'):
+        path = path.rstrip('/')
+    folder, name = os.path.split(path)
+    return folder or '.', name
+
+
 class RecordsBuilder:
     """VideoRecords made one row at a time: the one builder of the trimmed datasets
     (read_video_records) and of ActivityNet's samples (one per annotated segment, several of
@@ -193,11 +251,12 @@ class RecordsBuilder:
     def __len__(self) -> int:
         return len(self._labels)
 
-    def append(self, video_id: str, label: int, start: int, end: int,
-               path: Optional[Path] = None, variant: int = -1, source: int = 0) -> None:
-        """A sample of frames [start, end) (label -1: none) of the video at `path`, or, without
-        one, at the formatter's path (`variant`: the layout's variant, -1: the formatter's own
-        path); `source`: the number of its source in a merged annotation."""
+    def append(self, video_id: str, label: int, start: int, end: int, path=None,
+               variant: int = -1, source: int = 0) -> None:
+        """A sample of frames [start, end) (label -1: none) of the video at `path` (a path, or
+        its (folder, name) from `split_path`), or, without one, at the formatter's path
+        (`variant`: the layout's variant, -1: the formatter's own path); `source`: the number
+        of its source in a merged annotation."""
         self._ids.extend(video_id.encode('utf-8'))
         self._id_ends.append(len(self._ids))
         self._labels.append(label)
@@ -208,7 +267,7 @@ class RecordsBuilder:
         if path is None:
             self._folder_numbers.append(-1)
         else:
-            folder, name = os.path.split(os.fspath(path))
+            folder, name = path if isinstance(path, tuple) else split_path(path)
             self._folder_numbers.append(self._folders.setdefault(folder, len(self._folders)))
             self._names.extend(name.encode('utf-8'))
         self._name_ends.append(len(self._names))
@@ -258,13 +317,16 @@ class _Listings:
         return -1 if self.exists(path) else None
 
     def exists(self, path: Path) -> bool:
-        folder = os.fspath(path.parent)
+        return self.exists_in(*split_path(path))
+
+    def exists_in(self, folder: str, name: str) -> bool:
+        """Whether `folder` holds `name`."""
         if folder not in self._names:
             try:
                 self._names[folder] = frozenset(os.listdir(folder))
             except OSError:
                 self._names[folder] = frozenset()
-        return path.name in self._names[folder]
+        return name in self._names[folder]
 
 
 def read_json_database(annotation_path: Path, on_entry: Callable[[str, object], None],
@@ -288,8 +350,8 @@ def read_json_database(annotation_path: Path, on_entry: Callable[[str, object], 
                 if key == 'database':
                     if stream.peek() != '{':
                         raise stream.error('"database" is not an object')
-                    for video_id in stream.members():
-                        on_entry(video_id, stream.value())
+                    for video_id, entry in stream.items():
+                        on_entry(video_id, entry)
                     top[key] = True
                 else:
                     top[key] = stream.value()
@@ -370,15 +432,15 @@ def read_video_records(annotation_path: Path, subset: str, root_path: Path, form
                                                         video_id)
         own_path = value.get('video_path')
         folder = label if label is not None else TEST_LABEL
-        if own_path is not None:
-            own_path = Path(own_path)
-            variant = -1 if listings.exists(own_path) else None
+        if own_path is not None:  # strings, not Paths: 3 us less a video (of a merge's million)
+            own_path = split_path(own_path)
+            variant = -1 if listings.exists_in(*own_path) else None
         else:
             variant = listings.variant(root_path, folder, video_id)
         if variant is None:
             counts['missing'] += 1
             if len(missing) < 1:
-                missing.append(own_path if own_path is not None
+                missing.append(Path(*own_path) if own_path is not None
                                else Path(formatter(root_path, folder, video_id)))
             return
         if end <= start:
