@@ -228,8 +228,8 @@ def split_path(path) -> Tuple[str, str]:
     path = os.fspath(path)
     if path.endswith('/') and path.strip('/'):
         path = path.rstrip('/')
-    folder, name = os.path.split(path)
-    return folder or '.', name
+    folder, slash, name = path.rpartition('/')
+    return folder or slash or '.', name
 
 
 class RecordsBuilder:
@@ -391,6 +391,10 @@ def read_video_records(annotation_path: Path, subset: str, root_path: Path, form
         return UserError(f'{annotation_path}: video {video_id} {what}')
 
     def number(names: Dict[str, int], name: str, what: str, video_id: str) -> int:
+        try:
+            return names[name]
+        except (KeyError, TypeError):  # new, or not a string
+            pass
         if not isinstance(name, str):
             raise bad(video_id, f'has a {what} that is not a string: {name!r}')
         if name not in names:
