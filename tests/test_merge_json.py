@@ -5,6 +5,7 @@ fine-tunes; --source_weights; bad sources refused in one line."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -386,3 +387,17 @@ def test_two_nodes_on_the_merge_give_the_single_process_result(sources, merged, 
         read_log(tmp_path / 'single' / 'val.log')
     assert float(nodes_log['loss']) == pytest.approx(float(single_log['loss']), rel=1e-5)
     assert nodes_log['acc'] == single_log['acc']
+
+
+def test_the_merged_benchmark_builds_both_sources_training_videos(tmp_path):
+    result = subprocess.run([sys.executable, '-m', 'util_scripts.benchmark_annotation',
+                             str(tmp_path), '--merged', '--n_videos', '200', '--n_frames', '20'],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured['videos'] == 180  # 90% training
+    assert measured['sources'] == {'kinetics': 72, 'mit': 108}
+    assert measured['shard_of_2']['samples'] == 90
+    merged = json.loads((tmp_path / 'merged_200.json').read_text())
+    assert len(merged['labels']) == 700 + 339
+    assert {Path(e['video_path']).suffix for e in merged['database'].values()} == {'.mp4', ''}

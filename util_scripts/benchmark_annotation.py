@@ -95,7 +95,7 @@ def measure(annotation: Path, tree: Path, file_type: str) -> None:
     data = datasets.get_training_data(tree, annotation, 'kinetics', 'rgb', file_type)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {'videos': len(data), 'seconds': round(seconds, 2),
+    result = {'videos': len(data), 'seconds': round(seconds, 2), 'peak_mb': round(peak, 1),
               'peak_increase_mb': round(peak - before, 1),
               'resident_increase_mb': round(resident_mb() - before, 1)}
     if data.data.source_names:
