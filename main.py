@@ -86,6 +86,7 @@ def get_train_utils(opt, parameters):
     train_data = get_training_data(opt.video_path, opt.annotation_path, opt.dataset,
                                    opt.input_type, opt.file_type, spatial_transform,
                                    temporal_transform, opt.strict_data)
+    check_class_count(opt, train_data)
     train_loader = make_data_loader(train_data, opt.batch_size, True, opt)
 
     train_logger = make_logger(opt, 'train.log', ['epoch', 'loss', 'acc', 'lr'])
@@ -105,6 +106,17 @@ def get_train_utils(opt, parameters):
     return train_loader, train_logger, train_batch_logger, optimizer, scheduler
 
 
+def check_class_count(opt, data) -> None:
+    """The model must have an output for every class of the annotation (a merged one has the
+    sum of its sources')."""
+    n_outputs = opt.n_finetune_classes if opt.pretrain_path is not None else opt.n_classes
+    if len(data.class_names) > n_outputs:
+        option = '--n_classes' if opt.pretrain_path is None else '--n_classes (to fine-tune)'
+        raise UserError(f'{option} {n_outputs}, but {opt.annotation_path} has '
+                        f'{len(data.class_names)} classes: give {option.split()[0]} '
+                        f'{len(data.class_names)}')
+
+
 def get_val_utils(opt):
     """Validation loader (n_val_samples clips per video) and log."""
     temporal_transform = get_temporal_transform(
@@ -113,6 +125,7 @@ def get_val_utils(opt):
                                                opt.input_type, opt.file_type,
                                                get_val_spatial_transform(opt),
                                                temporal_transform, opt.strict_data)
+    check_class_count(opt, val_data)
     videos_per_batch = max(1, opt.batch_size // opt.n_val_samples)
     val_loader = make_data_loader(val_data, videos_per_batch, False, opt,
                                   with_clip_counts(collate_fn))

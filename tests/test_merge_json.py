@@ -80,7 +80,7 @@ def merged(sources, tmp_path_factory):
     return dst
 
 
-def test_merged_labels_paths_subsets_and_sources(sources, merged, capsys):
+def test_merged_labels_paths_subsets_and_sources(sources, merged):
     (frames, _), (videos, _) = sources
     data = json.loads(merged.read_text())
     # clashing names are kept apart, A's classes first
@@ -322,6 +322,16 @@ def test_a_process_permutes_only_its_own_positions(monkeypatch):
     monkeypatch.setattr(data_loader, 'permute', spy)
     epoch(np.repeat([0, 1], [600, 400]), 8, 4, [1, 1])
     assert max(seen) <= 1000 // 4
+
+
+def test_a_model_with_fewer_outputs_than_the_merged_classes_is_refused(merged, sources,
+                                                                        tmp_path):
+    (frames, _), _ = sources
+    with pytest.raises(UserError, match=rf'^--n_classes 2, but {merged} has 4 classes: give '
+                                        r'--n_classes 4$'):
+        main.main(['--video_path', str(frames), '--annotation_path', str(merged),
+                   '--result_path', str(tmp_path), '--n_classes', '2', '--n_epochs', '1',
+                   *TINY])
 
 
 def test_source_weights_must_match_the_annotations_sources(merged, sources, tmp_path):
