@@ -3,8 +3,9 @@
 launch starts one process per device (`--nproc_per_node`) on each node (`--nnodes`) and tells
 each its rank in environment variables. With `--distributed` each process then:
 
-- loads its own shard of the training batches (DistributedBatchSampler, one order for all,
-  drawn anew each epoch) and of the evaluation videos (`RankShard`: no padding);
+- loads its own shard of the training batches (datasets.data_loader.SourceBatchSampler, one
+  order for all, drawn anew each epoch, each process computing its own positions only) and of
+  the evaluation videos (`RankShard`: no padding);
 - trains its model under paddle.DataParallel, which averages the gradients in backward;
 - averages its BatchNorm running statistics with the others' at the end of each epoch
   (`average_batch_norm_stats`), or syncs the batch statistics on GPU with --batchnorm_sync;

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 
+import numpy as np
 import paddle
 from tqdm import tqdm
 
@@ -85,6 +86,7 @@ def get_train_utils(opt, parameters):
     train_data = get_training_data(opt.video_path, opt.annotation_path, opt.dataset,
                                    opt.input_type, opt.file_type, spatial_transform,
                                    temporal_transform, opt.strict_data)
+    check_class_count(opt, train_data)
     train_loader = make_data_loader(train_data, opt.batch_size, True, opt)
 
     train_logger = make_logger(opt, 'train.log', ['epoch', 'loss', 'acc', 'lr'])
@@ -104,6 +106,17 @@ def get_train_utils(opt, parameters):
     return train_loader, train_logger, train_batch_logger, optimizer, scheduler
 
 
+def check_class_count(opt, data) -> None:
+    """The model must have an output for every class of the annotation (a merged one has the
+    sum of its sources')."""
+    n_outputs = opt.n_finetune_classes if opt.pretrain_path is not None else opt.n_classes
+    if len(data.class_names) > n_outputs:
+        option = '--n_classes' if opt.pretrain_path is None else '--n_classes (to fine-tune)'
+        raise UserError(f'{option} {n_outputs}, but {opt.annotation_path} has '
+                        f'{len(data.class_names)} classes: give {option.split()[0]} '
+                        f'{len(data.class_names)}')
+
+
 def get_val_utils(opt):
     """Validation loader (n_val_samples clips per video) and log."""
     temporal_transform = get_temporal_transform(
@@ -112,6 +125,7 @@ def get_val_utils(opt):
                                                opt.input_type, opt.file_type,
                                                get_val_spatial_transform(opt),
                                                temporal_transform, opt.strict_data)
+    check_class_count(opt, val_data)
     videos_per_batch = max(1, opt.batch_size // opt.n_val_samples)
     val_loader = make_data_loader(val_data, videos_per_batch, False, opt,
                                   with_clip_counts(collate_fn))
@@ -138,6 +152,22 @@ def make_logger(opt, name: str, header: list):
         return None
     return Logger(opt.result_path / name, header, append=opt.resume_path is not None,
                   drop_from_epoch=opt.begin_epoch)
+
+
+def sources_note(loader, weights) -> str:
+    """'training videos: N (source a: n, ...)', with each source's clips per epoch under
+    --source_weights."""
+    records = loader.dataset.data
+    line = f'training videos: {len(records)}'
+    if not records.source_names:
+        return line
+    sizes = np.bincount(records.sources, minlength=len(records.source_names))
+    line += ' (' + ', '.join(f'{name}: {n}' for name, n in zip(records.source_names, sizes))
+    if weights is not None:
+        draws = loader.batch_sampler.draws
+        line += '; clips per epoch by --source_weights: ' + ', '.join(
+            f'{name}: {n}' for name, n in zip(records.source_names, draws))
+    return line + ')'
 
 
 def bad_frames_note(loader) -> str:
@@ -185,6 +215,7 @@ def main_worker(opt, stop: StopSignals):
             check_free_space(opt.result_path, model)
         (train_loader, train_logger, train_batch_logger, optimizer,
          scheduler) = get_train_utils(opt, parameters)
+        log(sources_note(train_loader, opt.source_weights))
         scaler = make_grad_scaler(opt.amp)
     if not opt.no_val:
         val_loader, val_logger = get_val_utils(opt)
@@ -206,7 +237,8 @@ def main_worker(opt, stop: StopSignals):
             seed = epoch_seed(opt.manual_seed, epoch, opt.dist_rank)
             set_seed(seed)
             train_loader.seeder.seed = seed
-            if opt.distributed:  # one order for all processes, a shard of it each
+            if opt.distributed or opt.source_weights is not None:
+                # one order for all processes, a shard of it each; the sources' shares
                 train_loader.batch_sampler.set_epoch(epoch_seed(opt.manual_seed, epoch) % 2**32)
             lr = optimizer.get_lr()
             trained = train_epoch(epoch, stop.watch(train_loader, opt.distributed), train_model,

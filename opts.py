@@ -87,6 +87,12 @@ def get_parser() -> argparse.ArgumentParser:
                         'files <label>/<video_id>.hdf5, or video files <label>/<video_id>.avi, '
                         '.mp4, ... decoded with PyAV (pip install av; frames as '
                         'generate_video_jpgs writes them, shorter side 240)')
+    g.add_argument('--source_weights', default=None, type=positive_float, nargs='+',
+                   metavar='W',
+                   help='Merged annotations (util_scripts.merge_json): a weight per source, in '
+                        'its order; each training epoch has as many clips as videos, source s '
+                        'a share W_s / sum(W) of them (a small source repeated, a large one '
+                        'subsampled, anew each epoch). Default: every video once per epoch')
     g.add_argument('--strict_data', action='store_true',
                    help='Stop at the first missing or corrupt frame (default: replace it by '
                         'the nearest readable frame of its video, skip a video without any, '

@@ -15,17 +15,14 @@ from utils import UserError
 from .activitynet import ActivityNet, ActivityNetMultiClips
 from .layout import FileLayout, FrameFolderLayout, VideoFileLayout
 from .video_reader import video_extensions
-from .loader import (VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5, VideoLoaderPyAV,
-                     image_name_formatter)
+from .loader import (VIDEO_FRAME_SIZE, VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5,
+                     VideoLoaderPyAV, image_name_formatter)
 from .videodataset import VideoDataset
 from .videodataset_multiclips import VideoDatasetMultiClips, collate_fn
 
 DATASETS = ('kinetics', 'activitynet', 'ucf101', 'hmdb51', 'mit')
 INFERENCE_SUBSETS = {'train': 'training', 'val': 'validation', 'test': 'testing'}
 FILE_TYPES = ('jpg', 'hdf5', 'video')
-# Shorter side of the frames decoded from video files: generate_video_jpgs' default --size, so
-# that `--file_type video` feeds the model what the jpg folders would.
-VIDEO_FRAME_SIZE = 240
 
 
 def check_dataset_name(dataset_name: str) -> str:

@@ -1,10 +1,11 @@
 """Where a video of the annotation is stored: the `video_path_formatter`s of the file types.
 
 A formatter maps (root_path, label, video_id) to the path of the video's frame folder or file,
-as the reference's lambdas do. These also say what they point at (`what`, for messages), and
-list the videos of a label folder at once (`scan`: {video_id: variant}, one directory listing
-instead of one `stat` per video); `path(root, label, video_id, variant)` is the path of a
-video found by `scan` (the variant of a video file is its extension).
+as the reference's lambdas do. These also say what they point at (`what`, for messages) and
+which kind of video (`kind`: 'jpg', 'hdf5', 'video', as datasets.loader's `path_kind` tells a
+path's), and list the videos of a label folder at once (`scan`: {video_id: variant}, one
+directory listing instead of one `stat` per video); `path(root, label, video_id, variant)`
+is the path of a video found by `scan` (the variant of a video file is its extension).
 """
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from .video_reader import VIDEO_EXTENSIONS, list_video_files
 
 class FrameFolderLayout:
     """`root/<label>/<video_id>/` holding `image_00001.jpg, ...` (`--file_type jpg`)."""
-    what = 'frame folder'
+    what, kind = 'frame folder', 'jpg'
 
     def __call__(self, root_path: Path, label: str, video_id: str) -> Path:
         return Path(root_path) / label / video_id
@@ -36,6 +37,7 @@ class FileLayout:
 
     def __init__(self, suffix: str, what: str):
         self.suffix, self.what = suffix, what
+        self.kind = suffix.lstrip('.')
 
     def __call__(self, root_path: Path, label: str, video_id: str) -> Path:
         return Path(root_path) / label / f'{video_id}{self.suffix}'
@@ -56,7 +58,7 @@ class FileLayout:
 class VideoFileLayout:
     """`root/<label>/<video_id>.<ext>`, the first of `extensions` that exists
     (`--file_type video`); `root/<label>/<video_id>` when there is none."""
-    what = 'video file'
+    what, kind = 'video file', 'video'
 
     def __init__(self, extensions: Sequence[str] = VIDEO_EXTENSIONS):
         self.extensions = tuple(extensions)

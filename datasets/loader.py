@@ -146,6 +146,30 @@ class VideoLoaderFlowHDF5:
             return video
 
 
+# Shorter side of the frames decoded from video files: generate_video_jpgs' default --size, so
+# that `--file_type video` feeds the model what the jpg folders would.
+VIDEO_FRAME_SIZE = 240
+
+
+def path_kind(video_path: Path) -> str:
+    """The kind of video at a path, by its name: 'hdf5' (an .hdf5 file), 'video' (a video
+    file's extension) or 'jpg' (a frame folder)."""
+    from .video_reader import VIDEO_EXTENSIONS
+    suffix = Path(video_path).suffix.lower()
+    if suffix == '.hdf5':
+        return 'hdf5'
+    return 'video' if suffix in VIDEO_EXTENSIONS else 'jpg'
+
+
+def rgb_loader(kind: str):
+    """The RGB frame loader of a kind of video (path_kind's)."""
+    if kind == 'hdf5':
+        return VideoLoaderHDF5()
+    if kind == 'video':
+        return VideoLoaderPyAV(VIDEO_FRAME_SIZE)
+    return VideoLoader(image_name_formatter)
+
+
 class VideoLoaderPyAV:
     """Load frames straight from a video file with PyAV: frame k is the frame generate_video_jpgs
     writes as `image_0000k.jpg`, scaled as it scales them (shorter side `size`; None: the

@@ -1,5 +1,4 @@
 """Datasets of trimmed videos described by an ActivityNet-style annotation json."""
-import json
 import multiprocessing
 import warnings
 from pathlib import Path
@@ -11,25 +10,10 @@ from utils import UserError
 from .annotation import read_video_records
 from .clip_pipeline import ClipDecoder, DecodingLoader, fast_pipeline
 from .layout import FrameFolderLayout
-from .loader import FrameError, VideoLoader
+from .loader import FrameError, VideoLoader, path_kind, rgb_loader
 
 # Bad frames named in one warning; the rest of the clip's are counted.
 MAX_FRAMES_NAMED = 3
-
-
-def load_annotation(annotation_path: Path) -> dict:
-    """Read the annotation json, with an error that names the file when it is missing or
-    malformed."""
-    try:
-        with Path(annotation_path).open() as f:
-            data = json.load(f)
-    except FileNotFoundError as e:
-        raise UserError(f'annotation file not found: {annotation_path}') from e
-    except json.JSONDecodeError as e:
-        raise UserError(f'annotation file {annotation_path} is not valid json: {e}') from e
-    if not isinstance(data, dict) or 'labels' not in data or 'database' not in data:
-        raise UserError(f'annotation file {annotation_path} has no "labels" and "database"')
-    return data
 
 
 class NoReadableFrame(UserError):
@@ -159,6 +143,10 @@ class VideoDataset:
             self.loader = VideoLoader(image_name_formatter)
         else:
             self.loader = VideoLoader()
+        # A merged annotation's videos are frame folders, hdf5 or video files by source: a video
+        # with a path of its own gets the loader of its kind (this layout's kind: `loader`).
+        kind = getattr(video_path_formatter, 'kind', None)
+        self.loaders = {kind: self.loader} if kind is not None else None
         self.bad_frames = BadFrameLog(len(self.data))
 
     def _make_dataset(self, root_path, annotation_path, subset, video_path_formatter):
@@ -200,11 +188,21 @@ class VideoDataset:
             frame_indices = self.temporal_transform(frame_indices)
         return self.load_clip(index, frame_indices), self.get_target(sample)
 
+    def video_loader(self, index: int):
+        """The frame loader of video `index`: the dataset's, or for a video with a path of its
+        own the loader of the kind its path names (datasets.loader.path_kind)."""
+        if self.loaders is None or not self.data.has_own_path(index):
+            return self.loader
+        kind = path_kind(self.data.video_path(index))
+        if kind not in self.loaders:
+            self.loaders[kind] = rgb_loader(kind)
+        return self.loaders[kind]
+
     def load_clip(self, index: int, frame_indices: Sequence[int]) -> np.ndarray:
         """Load and transform the frames of one clip of video `index`: [C, T, H, W] with
         T = len(frame_indices)."""
-        pipeline = (fast_pipeline(self.spatial_transform, self.loader) if self.fast_path
-                    else None)
+        pipeline = (fast_pipeline(self.spatial_transform, self.video_loader(index))
+                    if self.fast_path else None)
         if pipeline is not None:
             decoder = ClipDecoder(pipeline, self.spatial_transform, self.reduced_decoding)
             return decoder.finish(self.read_frames(index, frame_indices, decoder))
@@ -219,7 +217,8 @@ class VideoDataset:
         corrupt one is an error with `strict_data`, else it is replaced by the nearest readable
         frame of the video."""
         video_path = self.data.video_path(index)
-        loader = self.loader if decode is None else DecodingLoader(self.loader, decode)
+        loader = self.video_loader(index)
+        loader = loader if decode is None else DecodingLoader(loader, decode)
         try:
             return loader(video_path, frame_indices)
         except FrameError:

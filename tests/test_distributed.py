@@ -30,19 +30,19 @@ N_TRAIN = 16  # videos: 2 processes x 2 batches of 4 per epoch
 N_VAL = 7  # odd: the processes' validation shards differ in size
 
 # main.py as launch runs it, recording per process what the test checks: the indices of every
-# training epoch (one DistributedBatchSampler pass each) and the weights after each epoch
+# training epoch (one SourceBatchSampler pass each) and the weights after each epoch
 # (validation runs after training and after the BatchNorm statistics are averaged).
 RECORDING_MAIN = f'''
 import json, os, sys
 sys.path.insert(0, {str(ROOT)!r})
 import numpy as np
-import paddle
 import main
+from datasets.data_loader import SourceBatchSampler
 
 rank = os.environ['PADDLE_TRAINER_ID']
 record = os.path.join(os.environ['RECORD_DIR'], 'rank' + rank)
 epochs = []
-iterate = paddle.io.DistributedBatchSampler.__iter__
+iterate = SourceBatchSampler.__iter__
 def recording_iter(self):
     epochs.append([])
     for batch in iterate(self):
@@ -50,7 +50,7 @@ def recording_iter(self):
         yield batch
     with open(record + '_shards.json', 'w') as f:
         json.dump(epochs, f)
-paddle.io.DistributedBatchSampler.__iter__ = recording_iter
+SourceBatchSampler.__iter__ = recording_iter
 
 val_epoch = main.val_epoch
 def recording_val_epoch(epoch, loader, model, *args, **kwargs):

@@ -45,9 +45,10 @@ def get_class_labels(data: dict) -> Dict[str, int]:
     return {label: index for index, label in enumerate(data['labels'])}
 
 
-def load_ground_truth(ground_truth_path: Path,
-                      subset: str) -> Tuple[List[Tuple[str, int]], List[str]]:
-    """(video_id, class index) of the labelled videos of `subset`, and the class names."""
+def load_ground_truth(ground_truth_path: Path, subset: str,
+                      source: Optional[str] = None) -> Tuple[List[Tuple[str, int]], List[str]]:
+    """(video_id, class index) of the labelled videos of `subset` (of `source` only, in a
+    merged annotation, when given), and the class names."""
     data = read_json(ground_truth_path, 'ground-truth json')
     if 'labels' not in data or 'database' not in data:
         raise UserError(f'ground-truth json {ground_truth_path} has no "labels" and "database"')
@@ -57,10 +58,17 @@ def load_ground_truth(ground_truth_path: Path,
         label = value.get('annotations', {}).get('label')
         if value.get('subset') != subset or label is None:
             continue
+        if source is not None and value.get('source') != source:
+            continue
         if label not in class_labels_map:
             raise UserError(f'{ground_truth_path}: video {video_id} has label {label!r}, '
                             'which is not in "labels"')
         ground_truth.append((video_id, class_labels_map[label]))
+    if not ground_truth and source is not None:
+        names = ', '.join(str(s.get('name')) for s in data.get('sources', [])
+                          if isinstance(s, dict)) or 'none'
+        raise UserError(f'{ground_truth_path} has no labelled videos of source {source!r} in '
+                        f'subset {subset!r} (its sources: {names})')
     if not ground_truth:
         subsets = sorted({str(v.get('subset')) for v in data['database'].values()})
         raise UserError(f'{ground_truth_path} has no labelled videos in subset {subset!r} '
@@ -150,13 +158,15 @@ def ratio(counts: Dict[int, List[int]], index: Optional[int] = None) -> Tuple[fl
 
 
 def evaluate(ground_truth_path: Path, result_path: Path, subset: str, top_k: int,
-             ignore: bool, per_class: bool = False) -> float:
+             ignore: bool, per_class: bool = False, source: Optional[str] = None) -> float:
     """Print the top-k accuracy (and per-class accuracies) and return it (the video accuracy;
     per-clip results also print the clip accuracy)."""
-    ground_truth, labels = load_ground_truth(ground_truth_path, subset)
+    ground_truth, labels = load_ground_truth(ground_truth_path, subset, source)
     result = load_result(result_path, top_k, get_class_labels({'labels': labels}))
     n_missing = sum(video_id not in result.videos for video_id, _ in ground_truth)
-    print(f'ground truth: {len(ground_truth)} videos of subset {subset!r} in {ground_truth_path}')
+    of_source = '' if source is None else f' of source {source!r}'
+    print(f'ground truth: {len(ground_truth)} videos{of_source} of subset {subset!r} in '
+          f'{ground_truth_path}')
     if result.clips is None:
         print(f'result: {len(result.videos)} videos in {result_path}')
     else:
@@ -213,6 +223,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--ignore', action='store_true',
                         help='leave ground-truth videos missing from the result out of the count')
     parser.add_argument('--per_class', action='store_true', help='also print per-class accuracy')
+    parser.add_argument('--source', default=None,
+                        help='a merged annotation (util_scripts.merge_json): the videos of this '
+                             'source only')
     args = parser.parse_args(argv)
     for name in ('ground_truth', 'result'):
         positional, option = getattr(args, name), getattr(args, f'{name}_path')
@@ -230,7 +243,7 @@ def main(argv=None) -> float:
     if args.k < 1:
         raise UserError(f'-k must be at least 1, got {args.k}')
     accuracy = evaluate(args.ground_truth_path, args.result_path, args.subset, args.k,
-                        args.ignore, args.per_class)
+                        args.ignore, args.per_class, args.source)
     if args.save:
         save_path = args.result_path.parent / f'top{args.k}.txt'
         save_path.write_text(f'{accuracy}\n')

@@ -35,7 +35,7 @@ environment.setup()  # before Paddle is imported
 import numpy as np
 import paddle
 
-from datasets.videodataset import load_annotation
+from datasets.annotation import read_labels
 from inference import fold_batch_norm, quiet_native_stderr
 from model import check_state_dict, classifier_name, generate_model, load_state_dict
 from opts import get_parser, resolve_model_input
@@ -89,7 +89,7 @@ def read_class_names(annotation_path: Optional[Path], n_classes: int, source: st
                         'run; its "labels" are the class names) or --opts RUN/opts.json')
     if not Path(annotation_path).is_file():
         raise UserError(f'class names: {source} {annotation_path} not found')
-    labels = load_annotation(annotation_path)['labels']
+    labels = read_labels(annotation_path)
     if len(labels) != n_classes:
         raise UserError(f'class names: {source} {annotation_path} has {len(labels)} labels, '
                         f'but the model has {n_classes} classes (--n_classes)')
