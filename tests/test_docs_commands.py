@@ -77,7 +77,7 @@ BROKEN = [  # (a command naming what does not exist, what the checker says)
     ('python -m pytest tests/test_nothing.py', 'no such tests'),
     ('make no_such_target', 'make -n failed'),
     ('bash .ci/no_such_script', 'no such file'),
-    ('ls -l', 'the checker knows python, make and bash commands only'),
+    ('ls -l', 'the checker knows python, make, bash and printf commands only'),
 ]
 
 
