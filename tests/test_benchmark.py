@@ -3,6 +3,7 @@ timings of each primitive, on our side and on PyTorch's."""
 import pytest
 
 from models import onednn
+from models.onednn import dnnl
 from util_scripts import benchmark
 
 TINY = dict(depth=10, batch_size=2, sample_duration=4, sample_size=32, dtype='float32',
@@ -68,8 +69,7 @@ def test_profile_of_pytorchs_training_step_times_each_kind_of_primitive(capfd):
 
 
 def test_profile_without_onednn_says_why(monkeypatch):
-    monkeypatch.setattr(onednn, '_library', None)
-    monkeypatch.setattr(onednn, '_load_error', 'OSError: libdnnl.so.3: cannot open')
+    monkeypatch.setattr(dnnl, '_loaded', dnnl.Loaded(None, 'OSError: libdnnl.so.3: cannot open'))
     with pytest.raises(RuntimeError, match='no oneDNN to profile: OSError: libdnnl.so.3'):
         with benchmark.paddle_onednn_verbose():
             pass

@@ -225,14 +225,10 @@ def paddle_onednn_verbose():
     """oneDNN's verbose mode (a line per primitive run, with its time) in models.onednn's
     library."""
     from models import onednn
-    library = onednn.library()
-    if library is None:  # the profile's row says why
+    if onednn.library() is None:  # the profile's row says why
         raise RuntimeError(f'no oneDNN to profile: {onednn.load_error() or "not loaded"}')
-    library.call('dnnl_set_verbose', 1)
-    try:
+    with onednn.verbose():
         yield
-    finally:
-        library.call('dnnl_set_verbose', 0)
 
 
 def paddle_profile(case: dict) -> dict:
@@ -274,26 +270,16 @@ def paddle_matmul(case: dict) -> dict:
 
 def onednn_matmul(a, b):
     """A call computing a @ b with oneDNN's matmul primitive (models.onednn's library), or None."""
-    import ctypes
-
     import paddle
     from models import onednn
     library = onednn.library()
     if library is None:
         return None
-    descs = [library.desc(t.shape, onednn.dnnl_ab) for t in (a, b, a)]
-    pd = ctypes.c_void_p()
-    library.call('dnnl_matmul_primitive_desc_create', ctypes.byref(pd), library.engine,
-                 descs[0], descs[1], None, descs[2], None)
-    primitive = library.primitive(pd)
-    c = paddle.empty(a.shape, dtype='float32')
+    plan = onednn.MatmulPlan(library, a.shape, b.shape)
+    c = paddle.empty([a.shape[0], b.shape[1]], dtype='float32')
 
     def call():
-        with onednn._lock:  # the library's memory objects serve one call at a time
-            library.execute(primitive, {
-                name: library.memory(desc, t.data_ptr())
-                for name, desc, t in zip(('src', 'weights', 'dst'), descs, (a, b, c))})
-            library.release()  # waits for the stream, then destroys the memory objects
+        plan.run(a.data_ptr(), b.data_ptr(), c.data_ptr())
         return c
     return call
 
