@@ -114,10 +114,10 @@ class ConvPlan:
     and layer4 at 16 frames (depth 2 and 1, kernel 3), oneDNN 3.6's bfloat16 backward-weights
     kernel (jit avx512_core_bf16) returns garbage, and in float32 oneDNN declines its jit
     kernel and takes im2col + GEMM, which writes the weight gradient in a layout that needs a
-    slow reorder (R3D-18's layer4: 22 + 7 ms a convolution, against 13.5 + 3 ms). Such a plan
-    pads x with zeros in those dimensions itself (a copy in `self.padded`, made on the first
-    backward pass and kept with the plan, at most a few times the plan's x: the same weight
-    gradient) and runs that pass with the rest of the padding (`weights_pass_padding`).
+    slow reorder (about twice the time: docs/performance.md). Such a plan pads x with zeros
+    in those dimensions itself (a copy in `self.padded`, made on the first backward pass and
+    kept with the plan, at most a few times the plan's x: the same weight gradient) and runs
+    that pass with the rest of the padding (`weights_pass_padding`).
     """
 
     def __init__(self, library: Library, key: ConvKey):
