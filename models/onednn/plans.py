@@ -13,7 +13,8 @@ import numpy as np
 
 from .dnnl import Handle, Library, dnnl_bf16, dnnl_f32
 
-# Plans of every kind kept (least recently used out first); a training run uses a few dozen.
+# Plans of every kind kept (least recently used out first): R3D-50's training steps in float32
+# and bfloat16 and an eval pass of a shorter batch make 126 (conv 70, BN 36, sums 17, pool 3).
 PLAN_CACHE_SIZE = 1024
 _ALIGNMENT = 64  # bytes: a cache line, and oneDNN's preferred alignment
 SCRATCHPAD_SLOT = 3  # the workspace of primitives' scratch memory (0-2: a convolution's copies)
