@@ -3,12 +3,14 @@
 A checkpoint of epoch N is two files in the result folder:
 
     save_N.pdparams   the model's state dict (what --pretrain_path and the scripts also read)
-    save_N.pdopt      epoch, arch, optimizer, scheduler, best scores, random states, --amp's
-                      GradScaler, the SHA-256 of save_N.pdparams and one of this state itself
+    save_N.pdopt      its format number, epoch, arch, optimizer, scheduler, best scores,
+                      random states, --amp's GradScaler, the SHA-256 of save_N.pdparams and
+                      one of this state itself
 
 The .pdopt is written last and marks the checkpoint complete. Reading one verifies both files:
 a damaged checkpoint given by name ends the run with one line; in a result folder given to
---resume_path, it is skipped with a warning and the newest intact one is used.
+--resume_path, it is skipped with a warning and the newest intact one is used. A checkpoint of
+a newer format (a newer version of this toolkit) ends the run with one line that says so.
 """
 import dataclasses
 import hashlib
@@ -30,9 +32,14 @@ from utils import BestScores, UserError
 # .pdopt a momentum buffer per trainable parameter (2x together); 3x leaves room for the logs.
 CHECKPOINT_SIZE_FACTOR = 3
 CHECKPOINT_NAME = re.compile(r'save_(\d+)\.(pdparams|pdopt)')
-# What a .pdopt holds; a key outside these is damage (a flipped bit that renamed
-# 'state_sha256' would otherwise pass for a checkpoint of a version without it).
-STATE_KEYS = {'epoch', 'arch', 'optimizer', 'scheduler', 'best', 'rng', 'scaler',
+# The format of the .pdopt this version writes (its 'format'). A version that adds, drops or
+# reinterprets a key, or computes a checksum otherwise, writes the next number: older versions
+# then say the checkpoint is newer rather than damaged. Checkpoints without 'format' (0) are
+# those of the versions before it, and read as ever.
+CHECKPOINT_FORMAT = 1
+# What a .pdopt of format <= CHECKPOINT_FORMAT holds; a key outside these is damage (a flipped
+# bit that renamed 'state_sha256' would otherwise pass for a checkpoint of a version without it).
+STATE_KEYS = {'format', 'epoch', 'arch', 'optimizer', 'scheduler', 'best', 'rng', 'scaler',
               'weights_sha256', 'state_sha256'}
 
 
@@ -44,6 +51,10 @@ class Checkpoint(NamedTuple):
 
 class DamagedCheckpoint(UserError):
     """A checkpoint file that cannot be read, or whose weights do not match their checksum."""
+
+
+class NewerCheckpoint(UserError):
+    """A checkpoint of a format this version cannot read: written by a newer version."""
 
 
 def file_digest(path: Path) -> str:
@@ -109,7 +120,7 @@ def save_checkpoint(result_path: Path, epoch: int, arch: str, model, optimizer, 
     try:
         paddle.save(model.state_dict(), str(_tmp(params)))
         _fsync(_tmp(params))
-        state = {'epoch': epoch, 'arch': arch,
+        state = {'format': CHECKPOINT_FORMAT, 'epoch': epoch, 'arch': arch,
                  'optimizer': structured_optimizer_state(model, optimizer.state_dict(), True),
                  'scheduler': scheduler.state_dict(), 'best': dataclasses.asdict(best),
                  'rng': get_rng_state(), 'weights_sha256': file_digest(_tmp(params))}
@@ -137,6 +148,10 @@ def read_checkpoint(path: Path, arch: str) -> Checkpoint:
         if not required.is_file():
             raise DamagedCheckpoint(f'{required} is missing (it holds {holds})')
     state = _load(pdopt)
+    if isinstance(state, dict) and _is_newer(state):
+        raise NewerCheckpoint(f'{pdopt} was written by a newer version of this toolkit '
+                              f'(checkpoint format {state["format"]}; this version reads up to '
+                              f'{CHECKPOINT_FORMAT}): resume with that version')
     if not isinstance(state, dict) or 'epoch' not in state:
         raise DamagedCheckpoint(f'{pdopt} is not the training state of a checkpoint')
     if not _state_intact(state):
@@ -148,6 +163,13 @@ def read_checkpoint(path: Path, arch: str) -> Checkpoint:
         raise UserError(f'--resume_path {path} was saved by {state.get("arch")}, '
                         f'but the model is {arch}')
     return Checkpoint(path, _load(path), state)
+
+
+def _is_newer(state: dict) -> bool:
+    """Whether a .pdopt's format is above this version's (its keys and checksums then may
+    mean what this version cannot tell)."""
+    number = state.get('format', 0)
+    return isinstance(number, (int, np.integer)) and number > CHECKPOINT_FORMAT
 
 
 def _state_intact(state: dict) -> bool:
@@ -168,7 +190,7 @@ def _check_weights(path: Path, state: dict) -> None:
 def verify_weights(path: Path) -> None:
     """Check a checkpoint's weights (save_N.pdparams) read as pretrained weights against the
     checksum its save_N.pdopt records: `DamagedCheckpoint` if they differ. Other weights files,
-    and a .pdopt that is absent or unreadable, leave nothing to check."""
+    and a .pdopt that is absent, unreadable or of a newer format, leave nothing to check."""
     pdopt = path.with_suffix('.pdopt')
     if not CHECKPOINT_NAME.fullmatch(path.name) or not pdopt.is_file():
         return
@@ -176,7 +198,8 @@ def verify_weights(path: Path) -> None:
         state = paddle.load(str(pdopt), return_numpy=True)  # arrays: nothing on a GPU
     except Exception:  # the weights may still be good: paddle.load judges them next
         return
-    if isinstance(state, dict) and _state_intact(state):  # a damaged .pdopt proves nothing
+    if isinstance(state, dict) and not _is_newer(state) and _state_intact(state):
+        # a damaged .pdopt proves nothing, nor one whose checksums this version cannot read
         _check_weights(path, state)
 
 
@@ -218,7 +241,7 @@ def load_checkpoint(resume_path: Path, arch: str) -> Checkpoint:
             raise UserError(f'--resume_path: checkpoint not found: {path}')
         try:
             return read_checkpoint(path, arch)
-        except DamagedCheckpoint as e:
+        except (DamagedCheckpoint, NewerCheckpoint) as e:
             raise UserError(f'--resume_path: {e}') from None
     candidates = complete_checkpoints(resume_path)
     newest_parts = [int(m.group(1)) for f in resume_path.glob('save_*')
@@ -232,6 +255,8 @@ def load_checkpoint(resume_path: Path, arch: str) -> Checkpoint:
             return read_checkpoint(path, arch)
         except DamagedCheckpoint as e:
             warnings.warn(f'--resume_path: skipping {path.name}: {e}')
+        except NewerCheckpoint as e:  # not skipped: resuming from an older one would lose it
+            raise UserError(f'--resume_path: {e}') from None
     raise UserError(f'--resume_path {resume_path}: no intact checkpoint (save_N.pdparams with '
                     'its .pdopt) there')
 

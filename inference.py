@@ -3,8 +3,9 @@
 On CPU, a model whose dygraph forward runs channels-last on oneDNN (`resnet.ResNet`'s trunk,
 and so the wide and ResNeXt variants) runs as it is. Other models run through a Paddle Inference
 predictor with oneDNN (the model exported with `paddle.jit.save`, BN folded into the
-convolutions): faster per clip than their dygraph forward, for 1.5-3 s of export and set-up;
-outputs within 1e-5 relative. Elsewhere, or when the export fails, they run in dygraph.
+convolutions): faster per clip than their dygraph forward, for seconds of export and set-up
+(docs/performance.md); outputs within 1e-5 relative. Elsewhere, or when the export fails,
+they run in dygraph.
 """
 import contextlib
 import copy
@@ -21,6 +22,7 @@ import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
+from models.resnet import ResNet
 from training import autocast
 
 BACKENDS = ('auto', 'onednn', 'dygraph')
@@ -195,12 +197,12 @@ def dygraph_logits(model: paddle.nn.Layer, on_device: bool = False) -> Callable:
 
 
 def needs_predictor(model: paddle.nn.Layer, sample_clips: np.ndarray) -> bool:
-    """Whether the oneDNN predictor is worth its export (1.5-3 s) for clips like `sample_clips`
-    on the CPU: not for a model whose dygraph forward runs channels-last on oneDNN
-    (`resnet.ResNet`'s trunk), as fast per clip (R3D-18 4% faster, R3D-50 1-5% slower)."""
-    runs_channels_last = getattr(model, '_runs_channels_last', None)
-    return runs_channels_last is None or not runs_channels_last(
-        paddle.to_tensor(sample_clips[:1], dtype='float32'))
+    """Whether the oneDNN predictor is worth its export for clips like `sample_clips` on the
+    CPU: not for a model whose dygraph forward runs channels-last on oneDNN (`resnet.ResNet`'s
+    trunk), about as fast per clip (docs/performance.md)."""
+    if not isinstance(model, ResNet):
+        return True
+    return not model.runs_channels_last(paddle.to_tensor(sample_clips[:1], dtype='float32'))
 
 
 def make_logits_fn(model: paddle.nn.Layer, sample_clips: np.ndarray, backend: str = 'auto',
@@ -257,9 +259,9 @@ def inference(data_loader, model, result_path: Optional[Path], class_names: Dict
     The json is `{"results": {video_id: [{"label", "score"}, ...]}}`, or with `no_average`
     `{"results": {video_id: [{"segment": [begin, end], "result": [...]}, ...]}}`.
     `backend` is one of `BACKENDS` (see `make_logits_fn`). `amp` (main.py's --amp): the model
-    runs in dygraph under `training.autocast` (on CPU, bfloat16 convolutions: 1.2-1.5x the
-    float32 predictor's speed). In a data-parallel run each process scores its shard and all
-    return the results of every video.
+    runs in dygraph under `training.autocast` (on CPU, bfloat16 convolutions, faster than
+    the float32 predictor: docs/performance.md). In a data-parallel run each process scores
+    its shard and all return the results of every video.
     """
     if amp:
         backend = 'dygraph'

@@ -50,8 +50,12 @@ def autocast(amp):
     """The mixed-precision context of --amp ('float16', 'bfloat16' or None: float32).
 
     On GPU, Paddle's auto_cast. On CPU (bfloat16 only), the oneDNN convolutions multiply in
-    bfloat16 and accumulate in float32, forward and both backward passes; every tensor Paddle
-    sees stays float32, so BatchNorm, the loss and the optimizer's weights are float32.
+    bfloat16 and accumulate in float32, forward and both backward passes
+    (`onednn.compute_dtype`). In a ResNet's channels-last trunk (`resnet.ResNet`, shortcut B)
+    the activations between layers, and their gradients, are bfloat16 too, as under PyTorch's
+    autocast; elsewhere the tensors stay float32. The weights and their gradients, BatchNorm's
+    statistics, scale and shift, the logits, the loss and the optimizer's state are float32 in
+    every model.
     """
     if not amp:
         return contextlib.nullcontext()

@@ -195,7 +195,7 @@ class ResNet(nn.Layer):
         return nn.Sequential(*layers)
 
     def forward(self, x):
-        if self._runs_channels_last(x):
+        if self.runs_channels_last(x):
             x = x.transpose([0, 2, 3, 4, 1])
             if active_compute_dtype() == 'bfloat16' and self.shortcut_type == 'B':
                 x = x.astype('bfloat16')  # activations in bfloat16, as PyTorch's autocast
@@ -214,9 +214,9 @@ class ResNet(nn.Layer):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     @paddle.jit.not_to_static  # plain Python under paddle.jit: False there
-    def _runs_channels_last(self, x) -> bool:
-        """Whether the trunk runs channels-last on oneDNN for `x`: float32 clips on the CPU in
-        dygraph, blocks written for it, and every BN oneDNN's (not a SyncBatchNorm)."""
+    def runs_channels_last(self, x: paddle.Tensor) -> bool:
+        """Whether `forward(x)` runs the trunk channels-last on oneDNN: float32 clips on the CPU
+        in dygraph, blocks written for it, and every BN oneDNN's (not a SyncBatchNorm)."""
         return (self.channels_last_blocks and paddle.in_dynamic_mode()
                 and x.place.is_cpu_place() and x.dtype == paddle.float32 and len(x.shape) == 5
                 and all(isinstance(layer, BatchNorm3D) for layer in self.sublayers()

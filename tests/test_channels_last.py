@@ -11,7 +11,7 @@ import pytest
 
 from conftest import relative
 from model import track_unbiased_variance
-from models import onednn, pre_act_resnet, resnet, resnext
+from models import onednn, pre_act_resnet, resnet, resnext, wide_resnet
 
 pytestmark = [pytest.mark.skipif(onednn.load_error() is not None,
                                  reason=f'oneDNN not loadable: {onednn.load_error()}'),
@@ -229,7 +229,7 @@ def test_eval_mode_channels_last_is_the_ncdhw_trunk():
 
 
 def runs_channels_last(model) -> bool:
-    return model._runs_channels_last(paddle.zeros([1, 3, 4, 16, 16]))
+    return model.runs_channels_last(paddle.zeros([1, 3, 4, 16, 16]))
 
 
 def test_channels_last_only_where_every_layer_can_run_there():
@@ -240,7 +240,7 @@ def test_channels_last_only_where_every_layer_can_run_there():
     # clips on a GPU
     gpu = types.SimpleNamespace(place=types.SimpleNamespace(is_cpu_place=lambda: False),
                                 dtype=paddle.float32, shape=[1, 3, 4, 16, 16])
-    assert not resnet.generate_model(10, n_classes=5)._runs_channels_last(gpu)
+    assert not resnet.generate_model(10, n_classes=5).runs_channels_last(gpu)
     # data parallelism's SyncBatchNorm
     synced = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(resnet.generate_model(10))
     assert not runs_channels_last(synced)
@@ -248,6 +248,62 @@ def test_channels_last_only_where_every_layer_can_run_there():
         assert not runs_channels_last(resnet.generate_model(10, n_classes=5))
     with onednn.use_onednn(False):
         assert not runs_channels_last(resnet.generate_model(10, n_classes=5))
+
+
+# Layers that give the same result in either layout (elementwise, or containers whose code is
+# written for both: ResNet's blocks call fork / add_relu and read the layout where it matters).
+LAYOUT_FREE = (resnet.ReLU, paddle.nn.ReLU, paddle.nn.Identity, paddle.nn.Sequential,
+               resnet.BasicBlock, resnet.Bottleneck)
+
+
+def trunk_layers(model: resnet.ResNet) -> list:
+    """The layers of the trunk, which runs channels-last: all but the head (fc, and avgpool,
+    which the channels-last forward replaces by a mean)."""
+    head = {id(model.fc), id(model.avgpool)}
+    return [layer for layer in model.sublayers() if id(layer) not in head]
+
+
+def not_layout_aware(model: resnet.ResNet) -> list:
+    """The trunk's layers that would read an NDHWC tensor as NCDHW: neither the onednn
+    package's (which take NDHWC inside channels_last()) nor LAYOUT_FREE."""
+    return [layer for layer in trunk_layers(model)
+            if not type(layer).__module__.startswith('models.onednn.')
+            and not isinstance(layer, LAYOUT_FREE)]
+
+
+CHANNELS_LAST_MODELS = {
+    'resnet B': lambda: resnet.generate_model(10, n_classes=5, widen_factor=0.25),
+    'resnet A': lambda: resnet.generate_model(18, n_classes=5, widen_factor=0.25,
+                                              shortcut_type='A'),
+    'resnext': lambda: resnext.generate_model(50, n_classes=5, cardinality=4),
+    'wide resnet': lambda: wide_resnet.generate_model(50, k=1, n_classes=5, widen_factor=0.125),
+}
+
+
+@pytest.mark.parametrize('name', CHANNELS_LAST_MODELS)
+def test_a_channels_last_trunk_holds_only_layout_aware_layers(name):
+    model = CHANNELS_LAST_MODELS[name]()
+    clips = paddle.zeros([2, 3, 4, 16, 16])
+    assert model.runs_channels_last(clips)
+    assert not_layout_aware(model) == []
+    called = []  # the layers that run inside channels_last(): all in trunk_layers
+    hooks = [layer.register_forward_pre_hook(
+        lambda layer, inputs: called.append(layer) if onednn.channels_last_active() else None)
+        for layer in model.sublayers()]
+    model.train()
+    model(clips)
+    for hook in hooks:
+        hook.remove()
+    trunk = {id(layer) for layer in trunk_layers(model)}
+    assert called and all(id(layer) in trunk for layer in called)
+
+
+def test_a_plain_paddle_layer_in_a_channels_last_block_is_found():
+    model = CHANNELS_LAST_MODELS['resnet B']()
+    block = model.layer2[0]
+    block.conv2 = paddle.nn.Conv3D(32, 32, 3, padding=1, bias_attr=False)  # NCDHW only
+    block.bn2 = paddle.nn.BatchNorm3D(32)
+    assert not_layout_aware(model) == [block.conv2, block.bn2]
 
 
 def test_a_layer_that_cannot_run_channels_last_says_so():

@@ -7,8 +7,9 @@ import numpy as np
 import paddle
 import pytest
 
-from checkpoints import (get_rng_state, load_checkpoint, restore_training_state, resume_hint,
-                         save_checkpoint, set_rng_state)
+from checkpoints import (CHECKPOINT_FORMAT, get_rng_state, load_checkpoint,
+                         restore_training_state, resume_hint, save_checkpoint, set_rng_state,
+                         state_digest)
 from model import load_state_dict
 from utils import BestScores, UserError
 
@@ -116,6 +117,11 @@ def rename_the_state_checksum(path):
     path.write_bytes(path.read_bytes().replace(b'state_sha256', b'state_sha257'))
 
 
+def rename_the_format(path):
+    """A flip in the name of the key 'format': a .pdopt with a key of no known format."""
+    path.write_bytes(path.read_bytes().replace(b'format', b'formau'))
+
+
 DAMAGES = {
     'truncated weights': ('pdparams', truncate, r'save_2.pdparams is damaged'),
     'bit-flipped weights': ('pdparams', flip_a_bit, r'save_2.pdparams is damaged: its contents '
@@ -128,6 +134,8 @@ DAMAGES = {
     'renamed state checksum': ('pdopt', rename_the_state_checksum,
                                r'save_2.pdopt is damaged: its contents do not match'),
     'state without weights': ('pdparams', os.remove, r'save_2.pdparams is missing'),
+    'renamed format': ('pdopt', rename_the_format,
+                       r'save_2.pdopt is damaged: its contents do not match'),
 }
 
 
@@ -264,3 +272,49 @@ def test_pretrained_weights_beside_a_damaged_pdopt_are_judged_by_themselves(tmp_
     flip_a_bit_of_the_weights_checksum(tmp_path / 'save_2.pdopt')  # the weights are intact
     np.testing.assert_array_equal(load_state_dict(tmp_path / 'save_2.pdparams')['weight'],
                                   tiny.model.weight.numpy())
+
+
+def rewrite_state(path, change):
+    state = paddle.load(str(path))
+    change(state)
+    paddle.save(state, str(path))
+
+
+def as_of_a_newer_version(state):
+    """A .pdopt of the next format, with a key this version does not know; its checksum as this
+    version would not compute it."""
+    state.update(format=CHECKPOINT_FORMAT + 1, ema_weights={'weight': [1.0]})
+    state['state_sha256'] = 'computed otherwise'
+
+
+def test_checkpoints_record_their_format(tmp_path):
+    TinyState(1.0).save(tmp_path, 1)
+    assert load_checkpoint(tmp_path, 'tiny').state['format'] == CHECKPOINT_FORMAT
+
+
+def test_a_checkpoint_of_a_newer_version_says_so_rather_than_damaged(tmp_path):
+    TinyState(1.0).save(tmp_path, 1)
+    TinyState(2.0).save(tmp_path, 2)
+    rewrite_state(tmp_path / 'save_2.pdopt', as_of_a_newer_version)
+    newer = (r'^--resume_path: .*save_2.pdopt was written by a newer version of this toolkit '
+             rf'\(checkpoint format {CHECKPOINT_FORMAT + 1}; this version reads up to '
+             rf'{CHECKPOINT_FORMAT}\)')
+    with pytest.raises(UserError, match=newer):
+        load_checkpoint(tmp_path / 'save_2.pdparams', 'tiny')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # not skipped for save_1 as if it were damaged
+        with pytest.raises(UserError, match=newer):
+            load_checkpoint(tmp_path, 'tiny')
+    # as pretrained weights, they load: the .pdopt's checksums are not this version's to read
+    np.testing.assert_array_equal(load_state_dict(tmp_path / 'save_2.pdparams')['weight'],
+                                  np.full([2, 2], 2.0, 'float32'))
+
+
+def test_a_checkpoint_of_a_version_before_formats_loads(tmp_path):
+    TinyState(1.0).save(tmp_path, 1)
+
+    def without_format(state):
+        del state['format']
+        state['state_sha256'] = state_digest(state)
+    rewrite_state(tmp_path / 'save_1.pdopt', without_format)
+    assert load_checkpoint(tmp_path, 'tiny').state['epoch'] == 1

@@ -62,7 +62,7 @@ def test_auto_backend_on_cpu(model):
     from models import onednn, pre_act_resnet
     paddle.set_device('cpu')
     clips = np.zeros([1, 3, 4, 32, 32], dtype='float32')
-    assert model._runs_channels_last(paddle.to_tensor(clips))
+    assert model.runs_channels_last(paddle.to_tensor(clips))
     assert not isinstance(inference.make_logits_fn(model, clips), inference.OneDNNPredictor)
     with onednn.use_channels_last(False):
         assert isinstance(inference.make_logits_fn(model, clips), inference.OneDNNPredictor)

@@ -49,12 +49,12 @@ def test_convolution_and_its_gradients_equal_paddles(x_shape, w_shape, stride, p
 
 
 def test_clips_convolved_in_chunks_sum_the_weight_gradient(monkeypatch):
-    monkeypatch.setattr(onednn, 'CHUNK_BYTES', 2 * 4 * (4 * 6 * 8 * 8))  # 2 clips at a time
+    monkeypatch.setattr(onednn.conv, 'CHUNK_BYTES', 2 * 4 * (4 * 6 * 8 * 8))  # 2 clips at a time
     rng = np.random.default_rng(1)
     x = rng.standard_normal([5, 4, 6, 8, 8], dtype=np.float32)
     w = rng.standard_normal([4, 4, 3, 3, 3], dtype=np.float32)
     grad_y = rng.standard_normal([5, 4, 6, 8, 8], dtype=np.float32)
-    chunks = onednn._BatchChunks(x.shape, w.shape, [1, 1, 1], [1, 1, 1], 1).chunks
+    chunks = onednn.conv.BatchChunks(x.shape, w.shape, [1, 1, 1], [1, 1, 1], 1).chunks
     assert chunks == [(0, 2), (2, 2), (4, 1)]
     expected = conv_with_grads(lambda a, b: F.conv3d(a, b, padding=1), x, w, grad_y)
     actual = conv_with_grads(lambda a, b: onednn.conv3d(a, b, [1, 1, 1], [1, 1, 1]), x, w,
@@ -67,7 +67,7 @@ def test_a_convolution_onednn_cannot_build_runs_on_paddles_kernel(monkeypatch):
     def refuse(*args, **kwargs):
         raise onednn.OneDNNError('oneDNN dnnl_convolution_forward_primitive_desc_create failed '
                                  '(status 3)')
-    monkeypatch.setattr(onednn, '_plan', refuse)
+    monkeypatch.setattr(onednn.conv_plan, 'plan', refuse)
     x, w = paddle.randn([1, 2, 3, 4, 4]), paddle.randn([3, 2, 3, 3, 3])
     with pytest.warns(UserWarning, match="runs on Paddle's kernel.*status 3"):
         y = onednn.conv3d(x, w, [1, 1, 1], [1, 1, 1])
@@ -80,14 +80,14 @@ def test_conv3d_layer_runs_on_onednn_where_it_can():
     plain.set_state_dict(layer.state_dict())
     assert list(layer.state_dict()) == list(plain.state_dict())
     x = paddle.randn([2, 4, 3, 5, 5])
-    onednn._plans.clear()
+    onednn.PLANS.clear()
     np.testing.assert_allclose(layer(x).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-5)
-    assert len(onednn._plans) == 1
+    assert len(onednn.PLANS.keys(onednn.conv_plan.ConvKey)) == 1
     with onednn.use_onednn(False):
         np.testing.assert_allclose(layer(x).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-5)
     dilated = onednn.Conv3D(4, 8, 3, padding=2, dilation=2, bias_attr=False)
     dilated(x)  # Paddle's own kernel: oneDNN is asked for no dilation here
-    assert len(onednn._plans) == 1
+    assert len(onednn.PLANS.keys(onednn.conv_plan.ConvKey)) == 1
 
 
 @pytest.mark.parametrize('train', [False, True])
@@ -158,4 +158,5 @@ def test_max_pooling_and_its_gradient_equal_paddles(shape, kernel, stride, paddi
         np.testing.assert_array_equal(
             onednn.MaxPool3D(kernel, stride, padding)(paddle.to_tensor(x_value)).numpy(),
             expected_y)
-    assert any(key.x_shape == tuple(shape) for key in onednn._pool_plans)  # it ran on oneDNN
+    pooled = onednn.PLANS.keys(onednn.pool.PoolKey)
+    assert any(key.x_shape == tuple(shape) for key in pooled)  # it ran on oneDNN

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import relative
 from models import onednn
+from models.onednn import conv_plan, dnnl
 from models.resnet import generate_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,11 +113,12 @@ def test_weight_gradient_of_a_kernel_deeper_than_its_input(x_shape, w_shape):
 @needs_bfloat16
 def test_plans_are_cached_per_dtype():
     x, w = paddle.randn([1, 4, 3, 5, 5]), paddle.randn([8, 4, 3, 3, 3])
-    onednn._plans.clear()
+    onednn.PLANS.clear()
     for dtype in ('float32', 'bfloat16', 'float32'):
         with onednn.compute_dtype(dtype):
             onednn.conv3d(x, w, [1, 1, 1], [1, 1, 1])
-    assert sorted(key.dtype for key in onednn._plans) == ['bfloat16', 'float32']
+    assert sorted(key.dtype for key in onednn.PLANS.keys(conv_plan.ConvKey)) == ['bfloat16',
+                                                                                'float32']
 
 
 @needs_bfloat16
@@ -146,9 +148,16 @@ def test_resnet_loss_in_bfloat16_is_close_to_float32():
     assert cosine > 0.8
 
 
-def test_no_bfloat16_without_the_cpus_instructions(monkeypatch):
-    monkeypatch.setattr(onednn, '_bfloat16', None)
-    monkeypatch.setattr(onednn, '_cpu_has_bfloat16', lambda lib: False)
+@pytest.fixture
+def unprobed():
+    """bfloat16_supported() asked afresh in the test, and again after it."""
+    onednn.bfloat16_supported.cache_clear()
+    yield
+    onednn.bfloat16_supported.cache_clear()
+
+
+def test_no_bfloat16_without_the_cpus_instructions(monkeypatch, unprobed):
+    monkeypatch.setattr(dnnl.Library, 'has_bfloat16', lambda lib: False)
     assert not onednn.bfloat16_supported()
     with pytest.raises(onednn.OneDNNError, match='AVX512-BF16 or AMX'):
         onednn.compute_dtype('bfloat16')
@@ -158,12 +167,11 @@ def test_no_bfloat16_without_the_cpus_instructions(monkeypatch):
         onednn.compute_dtype('float16')
 
 
-def test_no_bfloat16_when_onednn_refuses_it(monkeypatch):
+def test_no_bfloat16_when_onednn_refuses_it(monkeypatch, unprobed):
     def refuse(*args):
         raise onednn.OneDNNError('oneDNN dnnl_convolution_forward_primitive_desc_create failed')
-    monkeypatch.setattr(onednn, '_bfloat16', None)
-    monkeypatch.setattr(onednn, '_cpu_has_bfloat16', lambda lib: True)
-    monkeypatch.setattr(onednn, '_Plan', refuse)
+    monkeypatch.setattr(dnnl.Library, 'has_bfloat16', lambda lib: True)
+    monkeypatch.setattr(conv_plan, 'ConvPlan', refuse)
     assert not onednn.bfloat16_supported()
 
 

@@ -1,5 +1,6 @@
 """models.onednn's binding to oneDNN's C API: every C function declared, the version checked,
 and convolutions from several threads kept apart."""
+import ast
 import re
 import threading
 import warnings
@@ -11,6 +12,7 @@ import paddle.nn.functional as F
 import pytest
 
 from models import onednn
+from models.onednn import dnnl
 
 pytestmark = [pytest.mark.skipif(onednn.load_error() is not None,
                                  reason=f'oneDNN not loadable: {onednn.load_error()}'),
@@ -20,13 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_c_function_called_is_declared():
     called = set()
-    for path in ('models/onednn.py', 'util_scripts/benchmark.py'):
-        source = (ROOT / path).read_text()
+    for path in [*(ROOT / 'models/onednn').glob('*.py'), ROOT / 'util_scripts/benchmark.py']:
+        source = path.read_text()
         called |= set(re.findall(r"(?:call\(\s*'|lib\.)(dnnl_\w+)", source))
     assert 'dnnl_convolution_forward_primitive_desc_create' in called
-    assert called <= set(onednn._SIGNATURES), called - set(onednn._SIGNATURES)
+    assert called <= set(dnnl.SIGNATURES), called - set(dnnl.SIGNATURES)
     lib = onednn.library().lib
-    for name, (restype, argtypes) in onednn._SIGNATURES.items():
+    for name, (restype, argtypes) in dnnl.SIGNATURES.items():
         function = getattr(lib, name)
         assert (function.restype, function.argtypes) == (restype, argtypes), name
 
@@ -38,14 +40,13 @@ def test_the_library_is_onednn_3():
 @pytest.fixture
 def unloaded(monkeypatch):
     """models.onednn as before its first load (restored afterwards)."""
-    monkeypatch.setattr(onednn, '_library', None)
-    monkeypatch.setattr(onednn, '_load_error', None)
+    monkeypatch.setattr(dnnl, '_loaded', None)
 
 
 def test_a_library_without_a_function_used_runs_paddles_kernel_with_one_warning(
         monkeypatch, unloaded):
-    signatures = dict(onednn._SIGNATURES, dnnl_function_of_another_release=(None, []))
-    monkeypatch.setattr(onednn, '_SIGNATURES', signatures)
+    signatures = dict(dnnl.SIGNATURES, dnnl_function_of_another_release=(None, []))
+    monkeypatch.setattr(dnnl, 'SIGNATURES', signatures)
     with pytest.warns(UserWarning, match=r"libdnnl.so.3: AttributeError: .*"
                                          r"dnnl_function_of_another_release.*Paddle's kernels"):
         assert onednn.library() is None
@@ -55,7 +56,7 @@ def test_a_library_without_a_function_used_runs_paddles_kernel_with_one_warning(
 
 
 def test_a_wheel_without_onednn_runs_paddles_kernel_silently(monkeypatch, unloaded, tmp_path):
-    monkeypatch.setattr(onednn, 'library_path', lambda: str(tmp_path / 'libdnnl.so.3'))
+    monkeypatch.setattr(dnnl, 'library_path', lambda: str(tmp_path / 'libdnnl.so.3'))
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         assert onednn.library() is None and not onednn.enabled()
@@ -63,7 +64,7 @@ def test_a_wheel_without_onednn_runs_paddles_kernel_silently(monkeypatch, unload
 
 
 def test_another_major_version_runs_paddles_kernel_with_one_warning(monkeypatch, unloaded):
-    monkeypatch.setattr(onednn, '_version', lambda lib: onednn._Version(4, 1, 2))
+    monkeypatch.setattr(dnnl, 'version', lambda lib: dnnl.Version(4, 1, 2))
     with pytest.warns(UserWarning, match=r"oneDNN 4\.1\.2 \(3\.x needed\).*Paddle's kernel"):
         assert onednn.library() is None
     layer = onednn.Conv3D(2, 3, 3, padding=1, bias_attr=False)
@@ -100,3 +101,51 @@ def test_convolutions_in_two_threads_give_their_own_results():
     for thread in threads:
         thread.join()
     assert len(errors) == 60 and max(errors) < 1e-4
+
+
+def test_the_c_layer_imports_no_paddle():
+    """dnnl, plans, conv_plan, settings and matmul pass data by address: Paddle stays above."""
+    for name in ('dnnl', 'plans', 'conv_plan', 'settings', 'matmul'):
+        tree = ast.parse((ROOT / 'models/onednn' / f'{name}.py').read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module or '' for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom)}
+        assert not {m for m in imported if m.split('.')[0] == 'paddle'}, name
+
+
+def test_the_plan_cache_drops_the_least_recently_used_plan():
+    cache = onednn.plans.PlanCache(2)
+    built = []
+
+    def get(key):
+        return cache.get(key, lambda: built.append(key) or object())
+    a = get(onednn.pool.PoolKey((1,), (1,), (1,), (0,), False))
+    get(onednn.norm.NormKey((1,), 1e-5, False, False))
+    assert get(onednn.pool.PoolKey((1,), (1,), (1,), (0,), False)) is a  # kept, now newest
+    get(onednn.residual.AddKey((1,), 'float32', False))  # the NormKey's plan leaves
+    assert len(built) == 3
+    assert cache.keys() == [onednn.pool.PoolKey((1,), (1,), (1,), (0,), False),
+                            onednn.residual.AddKey((1,), 'float32', False)]
+    assert cache.keys(onednn.norm.NormKey) == []
+
+
+def test_a_setting_holds_in_its_own_thread_only():
+    seen = []
+    with onednn.use_onednn(False), onednn.channels_last():
+        thread = threading.Thread(target=lambda: seen.append(
+            (onednn.use_onednn.current(), onednn.channels_last_active())))
+        thread.start()
+        thread.join()
+        assert not onednn.enabled() and onednn.channels_last_active()
+    assert seen == [(True, False)]
+    assert onednn.enabled() and not onednn.channels_last_active()
+
+
+def test_onednns_matmul_multiplies():
+    rng = np.random.default_rng(2)
+    a, b = (rng.standard_normal(s, dtype=np.float32) for s in ([5, 300], [300, 7]))
+    c = np.empty([5, 7], np.float32)
+    onednn.MatmulPlan(onednn.library(), a.shape, b.shape).run(a.ctypes.data, b.ctypes.data,
+                                                             c.ctypes.data)
+    np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)

@@ -9,6 +9,7 @@ import paddle.nn.functional as F
 import pytest
 
 from models import onednn
+from models.onednn import dnnl
 
 pytestmark = [pytest.mark.skipif(onednn.load_error() is not None,
                                  reason=f'oneDNN not loadable: {onednn.load_error()}'),
@@ -38,9 +39,8 @@ def unloaded(monkeypatch):
     """libdnnl not loaded yet, and loading it fails the test."""
     def load():
         raise AssertionError('libdnnl loaded for a tensor that is not on the CPU')
-    monkeypatch.setattr(onednn, '_library', None)
-    monkeypatch.setattr(onednn, '_load_error', None)
-    monkeypatch.setattr(onednn, '_Library', load)
+    monkeypatch.setattr(dnnl, '_loaded', None)
+    monkeypatch.setattr(dnnl, 'Library', load)
 
 
 @pytest.mark.parametrize('entry', ['layer', 'function'])
@@ -57,7 +57,7 @@ def test_tensors_off_the_cpu_run_paddles_kernel_without_loading_onednn(monkeypat
     else:
         y = onednn.conv3d(x, layer.weight, [1, 1, 1], [1, 1, 1])
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-6)
-    assert onednn._library is None
+    assert dnnl._loaded is None
 
 
 @pytest.mark.parametrize('entry', ['layer', 'function'])
@@ -75,7 +75,7 @@ def test_pooling_off_the_cpu_runs_paddles_kernel_without_loading_onednn(monkeypa
     else:
         y = onednn.max_pool3d(x, [3, 3, 3], [2, 2, 2], [1, 1, 1])
     np.testing.assert_array_equal(y.numpy(), expected)
-    assert len(calls) == 1 and onednn._library is None
+    assert len(calls) == 1 and dnnl._loaded is None
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_results_are_allocated_on_the_inputs_place_not_the_default_device(monkey
     rng = np.random.default_rng(0)
     x_value = rng.standard_normal([5, 4, 6, 8, 8], dtype=np.float32)
     w_value = rng.standard_normal([4, 4, 3, 3, 3], dtype=np.float32)
-    monkeypatch.setattr(onednn, 'CHUNK_BYTES', 2 * 4 * (4 * 6 * 8 * 8))  # chunks: grad_w sums
+    monkeypatch.setattr(onednn.conv, 'CHUNK_BYTES', 2 * 4 * (4 * 6 * 8 * 8))  # chunks: grad_w sums
     results = []
     for conv in (lambda x, w: F.conv3d(x, w, padding=1),
                  lambda x, w: onednn.conv3d(x, w, [1, 1, 1], [1, 1, 1])):

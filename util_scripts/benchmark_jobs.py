@@ -14,8 +14,9 @@ process and `--repeats` times (median):
 and the same jobs as the reference runs them, written below with PyTorch: its data set (PIL
 decode of every frame, torchvision's crop, resize, flip, to_tensor and normalize, as torch
 operations), `torch.utils.data.DataLoader` with the same workers and batch, its 3D ResNet
-layout, SGD with cross-entropy; inference: its sliding-window clips, center crop, softmax and
-average per video. Needs PyTorch (`pip install torch`).
+(tests/torch_reference.py), SGD with cross-entropy; inference: its sliding-window clips, center
+crop, softmax and average per video (`util_scripts.benchmarking.reference`). Needs PyTorch
+(`pip install torch`).
 """
 import argparse
 import json
@@ -26,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from .benchmark import cpu_description
+from util_scripts.benchmarking.frames import write_video
+from util_scripts.benchmarking.machine import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_SIZE = (320, 240)
@@ -40,22 +42,12 @@ def write_tree(folder: Path, n_train: int, n_val: int) -> Path:
     if annotation.exists():
         return annotation
     import numpy as np
-    from PIL import Image
     rng = np.random.default_rng(0)
-    width, height = FRAME_SIZE
-    x, y = np.meshgrid(np.arange(width), np.arange(height))
     labels = [f'class{c:03d}' for c in range(N_CLASSES)]
     database = {}
     for v in range(n_train + n_val):
         label = labels[v % N_CLASSES]
-        video = folder / 'jpg' / label / f'v{v:04d}'
-        video.mkdir(parents=True, exist_ok=True)
-        for t in range(1, N_FRAMES + 1):
-            channels = [128 + 100 * np.sin((x * (c + 1) + y * (3 - c) + 7 * t + 50 * v) / 40)
-                        for c in range(3)]
-            img = np.stack(channels, axis=-1) + rng.normal(0, 6, (height, width, 3))
-            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(
-                video / f'image_{t:05d}.jpg', quality=90)
+        write_video(folder / 'jpg' / label / f'v{v:04d}', N_FRAMES, FRAME_SIZE, v, rng)
         database[f'v{v:04d}'] = {'subset': 'training' if v < n_train else 'validation',
                                  'annotations': {'label': label,
                                                  'segment': [1, N_FRAMES + 1]}}
@@ -69,41 +61,20 @@ def write_tree(folder: Path, n_train: int, n_val: int) -> Path:
 def reference_job(job: str, folder: Path, annotation: Path, args) -> None:
     import random
 
-    import numpy as np
     import torch
-    from PIL import Image
 
     from spatial_transforms import KINETICS_MEAN, KINETICS_STD, random_resized_crop_box
-    from util_scripts.benchmark import torch_resnet
+    from util_scripts.benchmarking.reference import (center_frames, load_frame, stack,
+                                                     torch_resnet, train_clip)
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    size, duration = 112, 16
-    mean = torch.tensor(KINETICS_MEAN).view(3, 1, 1)
-    std = torch.tensor(KINETICS_STD).view(3, 1, 1)
+    size, duration, value_scale = 112, 16, 1
+    mean, std = list(KINETICS_MEAN), list(KINETICS_STD)
     data = json.loads(annotation.read_text())
     subset = 'training' if job == 'train' else 'validation'
     videos = [(v, labels['annotations']['label']) for v, labels in data['database'].items()
               if labels['subset'] == subset]
     class_index = {name: i for i, name in enumerate(data['labels'])}
-
-    def load(path):
-        with path.open('rb') as f, Image.open(f) as img:
-            return img.convert('RGB')
-
-    def to_tensor(img):  # torchvision.transforms.functional.to_tensor
-        arr = torch.from_numpy(np.array(img, np.uint8, copy=True))
-        return arr.view(img.size[1], img.size[0], 3).permute(2, 0, 1).contiguous().float().div(255)
-
-    def resize_shorter(img):  # torchvision's Resize(int)
-        w, h = img.size
-        if w < h:
-            return img.resize((size, int(size * h / w)), Image.BILINEAR)
-        return img.resize((int(size * w / h), size), Image.BILINEAR)
-
-    def center_crop(img):
-        w, h = img.size
-        left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-        return img.crop((left, top, left + size, top + size))
 
     class TrainSet(torch.utils.data.Dataset):
         def __len__(self):
@@ -113,17 +84,12 @@ def reference_job(job: str, folder: Path, annotation: Path, args) -> None:
             video, label = videos[i]
             path = folder / 'jpg' / label / video
             begin = random.randint(0, max(0, N_FRAMES - duration))
-            frames = [load(path / f'image_{t + 1:05d}.jpg') for t in range(begin, begin + duration)]
-            top, left, h, w = random_resized_crop_box(*frames[0].size, (0.25, 1.0),
-                                                      (0.75, 1 / 0.75))
+            frames = [load_frame(path / f'image_{t + 1:05d}.jpg')
+                      for t in range(begin, begin + duration)]
+            box = random_resized_crop_box(*frames[0].size, (0.25, 1.0), (0.75, 1 / 0.75))
             flip = random.random() < 0.5
-            out = []
-            for img in frames:
-                img = img.crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
-                if flip:
-                    img = img.transpose(Image.FLIP_LEFT_RIGHT)
-                out.append(to_tensor(img).sub_(mean).div_(std))
-            return torch.stack(out, 0).permute(1, 0, 2, 3), class_index[label]
+            return (train_clip(frames, size, box, flip, value_scale, mean, std),
+                    class_index[label])
 
     class InferenceSet(torch.utils.data.Dataset):  # SlidingWindow(16, 16), center crop
         def __len__(self):
@@ -132,22 +98,20 @@ def reference_job(job: str, folder: Path, annotation: Path, args) -> None:
         def __getitem__(self, i):
             video, label = videos[i]
             path = folder / 'jpg' / label / video
-            frames = [center_crop(resize_shorter(load(path / f'image_{t:05d}.jpg')))
-                      for t in range(1, N_FRAMES + 1)]
-            frames = [to_tensor(img).sub_(mean).div_(std) for img in frames]
+            frames = center_frames([load_frame(path / f'image_{t:05d}.jpg')
+                                    for t in range(1, N_FRAMES + 1)], size, value_scale, mean,
+                                   std)
             clips = []  # its SlidingWindow: a window every stride, the last one looped
             for begin in range(0, N_FRAMES, duration):
                 window = frames[begin:begin + duration]
-                window = [window[i % len(window)] for i in range(duration)]
-                clips.append(torch.stack(window, 0).permute(1, 0, 2, 3))
+                clips.append(stack([window[i % len(window)] for i in range(duration)]))
             return clips, [video] * len(clips)
 
     def collate(batch):
         clips = [c for video_clips, _ in batch for c in video_clips]
         return torch.stack(clips), [v for _, ids in batch for v in ids]
 
-    model = torch_resnet(args.model_depth)
-    model[-1] = torch.nn.Linear(model[-1].in_features, N_CLASSES)
+    model = torch_resnet(args.model_depth, N_CLASSES)
     if job == 'train':
         loader = torch.utils.data.DataLoader(TrainSet(), batch_size=args.batch_size, shuffle=True,
                                              num_workers=args.n_threads)
