@@ -302,7 +302,9 @@ def check_prose(docs: Dict[str, str]) -> List[str]:
             if option not in options:
                 problems.append(f'{doc}: {option} is no option of any script')
         for name in sorted(set(re.findall(r'util_scripts[./]([a-z0-9_]+)', text))):
-            if not (REPO / 'util_scripts' / f'{name}.py').is_file() and name != 'NAME':
+            module = REPO / 'util_scripts' / name
+            if not (module.with_suffix('.py').is_file() or (module / '__init__.py').is_file()
+                    or name == 'NAME'):
                 problems.append(f'{doc}: util_scripts.{name} does not exist')
         for name in sorted(set(re.findall(r'tests/([\w]+\.py)', text))):
             if not (REPO / 'tests' / name).is_file() and name != 'NAME.py':
