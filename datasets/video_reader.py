@@ -154,8 +154,6 @@ class VideoReader:
         self._open()
         self.n_frames, self._numbers, self._key_numbers, self._key_seek_ts = self._index()
         self.sequential = self._numbers is None
-        rate = self._stream.average_rate or self._stream.guessed_rate
-        self.frame_rate: Optional[float] = float(rate) if rate else None  # frames per second
         self._pass: Optional[Iterator[Tuple[Optional[int], object]]] = None  # decoding pass
         self._pos = 0  # number of the last frame the current pass decoded (0: none yet)
         self._decoded = None  # the number of frames the video decodes to, once a pass has
@@ -334,12 +332,9 @@ class VideoReader:
         """Every frame of the video in order, from a decode of the whole file: PIL RGB images
         (`as_array`: RGB arrays [H, W, 3] uint8), the images generate_video_jpgs writes."""
         self._rewind()
-        self._pass = None
-        n = 0
-        for n, frame in enumerate(decode_frames(self._container, self._stream), 1):
+        for frame in decode_frames(self._container, self._stream):
             rgb = self._rgb(frame)
             yield rgb if as_array else to_image(rgb)
-        self._decoded = n
 
     # -- conversion -----------------------------------------------------------------------------
 

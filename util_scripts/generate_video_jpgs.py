@@ -48,8 +48,8 @@ def list_videos(src: Path, dst: Path, dataset: str) -> List[Tuple[Path, Path]]:
     for folder in folders:
         dst_folder = dst if folder == src else dst / folder.name
         files = list_video_files(folder, video_extensions(dataset))
-        pairs += [(folder / files[stem], dst_folder / stem) for stem in sorted(files)
-                  if (folder / files[stem]).is_file()]
+        pairs += [(folder / name, dst_folder / stem) for stem, name in sorted(files.items())
+                  if (folder / name).is_file()]
     return pairs
 
 

@@ -57,7 +57,7 @@ from tqdm import tqdm
 
 import inference
 from datasets.loader import ImageLoaderPIL, image_name_formatter
-from datasets.video_reader import VideoReadError, VideoReader
+from datasets.video_reader import VideoReadError, VideoReader, open_video
 from model import get_device
 from opts import positive_float, positive_int
 from spatial_transforms import CenterCrop, Compose, Resize, get_spatial_transform
@@ -297,9 +297,12 @@ def frame_rate(path: Path, fps: Optional[float]) -> Optional[float]:
     if fps is not None or path.is_dir():
         return fps
     try:
-        return VideoReader(path).frame_rate
+        container, stream = open_video(path)  # the header only: no index of the packets
     except VideoReadError as e:
         raise UserError(f'cannot read {path}: {e}') from e
+    rate = stream.average_rate or stream.guessed_rate
+    container.close()
+    return float(rate) if rate else None
 
 
 def timeline(prediction: Prediction, fps: Optional[float], classify: VideoClassifier,
