@@ -15,8 +15,7 @@ from utils import UserError
 from .activitynet import ActivityNet, ActivityNetMultiClips
 from .layout import FileLayout, FrameFolderLayout, VideoFileLayout
 from .video_reader import video_extensions
-from .loader import (VIDEO_FRAME_SIZE, VideoLoader, VideoLoaderFlowHDF5, VideoLoaderHDF5,
-                     VideoLoaderPyAV, image_name_formatter)
+from .loader import VideoLoaderFlowHDF5, rgb_loader
 from .videodataset import VideoDataset
 from .videodataset_multiclips import VideoDatasetMultiClips, collate_fn
 
@@ -39,11 +38,11 @@ def get_loader_and_formatter(input_type: str, file_type: str,
         raise UserError(f'unknown --file_type {file_type!r}: one of {", ".join(FILE_TYPES)}')
     if input_type == 'flow' and file_type != 'hdf5':
         raise UserError('--input_type flow needs --file_type hdf5')
+    loader = rgb_loader(file_type) if input_type == 'rgb' else VideoLoaderFlowHDF5()
     if file_type == 'jpg':
-        return VideoLoader(image_name_formatter), FrameFolderLayout()
+        return loader, FrameFolderLayout()
     if file_type == 'video':
-        return VideoLoaderPyAV(VIDEO_FRAME_SIZE), VideoFileLayout(video_extensions(dataset_name))
-    loader = VideoLoaderHDF5() if input_type == 'rgb' else VideoLoaderFlowHDF5()
+        return loader, VideoFileLayout(video_extensions(dataset_name))
     return loader, FileLayout('.hdf5', 'hdf5 file')
 
 
